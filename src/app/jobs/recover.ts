@@ -1,0 +1,94 @@
+// After a daemon restart: undoes what an interrupted job left in QEMU (exports, NBD server, jobs, temporary and
+// unrecorded checkpoint bitmaps, fleece's nodes) and on the host (scratch images, unfinished targets, sockets).
+import { unlink } from 'node:fs/promises';
+import { endJob } from '../../backup/qemu-effects.js';
+import type { CheckpointStore } from '../../checkpoint/store.js';
+import { queryDisks } from '../../qemu/block-graph.js';
+import type { QmpExecutor } from '../../qmp/index.js';
+import { describeError } from '../../util/errors.js';
+import type { JobRecord } from './job-store.js';
+
+/** What recovery did and what it could not do, for the job's error message and the log. */
+export interface RecoveryReport {
+  cleaned: string[];
+  failures: string[];
+}
+
+async function step(report: RecoveryReport, what: string, work: () => Promise<boolean | void>): Promise<void> {
+  try {
+    if ((await work()) !== false) report.cleaned.push(what);
+  } catch (error) {
+    report.failures.push(`${what}: ${describeError(error)}`);
+  }
+}
+
+async function removeFile(path: string): Promise<boolean> {
+  try {
+    await unlink(path);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw error;
+  }
+}
+
+/**
+ * Cleans after one interrupted job. `qmp` is undefined when QEMU could not be reached (then only host files are
+ * removed). `store` tells whether the new checkpoint was recorded (then its bitmaps stay). Never throws.
+ */
+export async function cleanupInterruptedJob(
+  record: JobRecord,
+  qmp: QmpExecutor | undefined,
+  store: CheckpointStore,
+): Promise<RecoveryReport> {
+  const report: RecoveryReport = { cleaned: [], failures: [] };
+  const { recovery, info } = record;
+  const tag = recovery.tag;
+  if (qmp && tag) {
+    const mine = (id: string) => id.endsWith(`-${tag}`) || id.includes(`-${tag}-`);
+    const exports = await qmp.execute<{ id: string }[]>('query-block-exports').catch(() => []);
+    for (const exp of exports.filter((e) => e.id.startsWith('fleece-') && mine(e.id))) {
+      await step(report, `export ${exp.id}`, () => qmp.execute('block-export-del', { id: exp.id, mode: 'hard' }).then(() => undefined));
+    }
+    if (recovery.nbdServer) {
+      // nbd-server-stop fails when no server runs: then there was nothing to stop.
+      await step(report, 'NBD server', () => qmp.execute('nbd-server-stop').then(() => true, () => false));
+    }
+    const jobs = await qmp.execute<{ id: string }[]>('query-jobs').catch(() => []);
+    for (const job of jobs.filter((j) => (j.id.startsWith('fleece-') || j.id.startsWith('create-fl-')) && mine(j.id))) {
+      await step(report, `job ${job.id}`, () => endJob(qmp, job.id, 30_000).then(() => undefined));
+    }
+    const checkpointRecorded = recovery.newCheckpoint
+      ? (await store.load(info.vm).then((chain) => chain.has(recovery.newCheckpoint as string)).catch(() => true))
+      : true;
+    const disks = await queryDisks(qmp).catch(() => []);
+    const temp = new Set(recovery.tempBitmaps ?? []);
+    for (const disk of disks) {
+      for (const bitmap of disk.bitmaps) {
+        const isTemp = temp.has(bitmap.name) || bitmap.name === `backup-${disk.target}`;
+        const isUnrecorded = !checkpointRecorded && bitmap.name === recovery.newCheckpoint;
+        if (!isTemp && !isUnrecorded) continue;
+        await step(report, `bitmap ${bitmap.name} of disk ${disk.target}`, () =>
+          qmp.execute('block-dirty-bitmap-remove', { node: disk.formatNode, name: bitmap.name }).then(() => undefined),
+        );
+      }
+    }
+    const nodes = await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true }).catch(() => []);
+    const names = [...new Set(nodes.map((n) => n['node-name']).filter((n) => n.startsWith(`fl-${tag}-`)))];
+    // Format nodes sit on their storage nodes: delete them first.
+    names.sort((a, b) => Number(b.endsWith('-format')) - Number(a.endsWith('-format')));
+    for (const name of names) {
+      await step(report, `node ${name}`, () => qmp.execute('blockdev-del', { 'node-name': name }).then(() => undefined));
+    }
+  } else if (!qmp && tag) {
+    report.failures.push(`QEMU of VM '${info.vm}' (${recovery.qmp}) was not reachable: its fleece nodes, jobs and bitmaps were not checked`);
+  }
+  for (const file of recovery.createdFiles ?? []) {
+    await step(report, `file ${file}`, () => removeFile(file));
+  }
+  if (recovery.socket) await step(report, `socket ${recovery.socket}`, () => removeFile(recovery.socket as string));
+  if (recovery.repository) {
+    report.cleaned.push(`repository ${recovery.repository}: objects of the unfinished backup are left for \`fleece gc\``);
+  }
+  return report;
+}

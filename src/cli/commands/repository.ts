@@ -1,0 +1,175 @@
+// `fleece list | restore | verify | delete | gc`: repository commands (src/app/repository-operations.ts).
+import { resolve } from 'node:path';
+import { Option, type Command } from 'commander';
+import {
+  collectRepositoryGarbage,
+  deleteBackups,
+  listBackups,
+  parsePointInTime,
+  restoreToFile,
+  verifyBackup,
+  type BackupSelector,
+} from '../../app/repository-operations.js';
+import type { BackupRecord } from '../../repository/index.js';
+import { FleeceError, IntegrityError } from '../../util/errors.js';
+import type { CliContext } from '../context.js';
+import { formatBytes } from '../progress.js';
+
+interface SelectorFlags {
+  backup?: string;
+  vm?: string;
+  disk?: string;
+  at?: string;
+}
+
+function selectorOf(flags: SelectorFlags): BackupSelector {
+  return {
+    ...(flags.backup !== undefined ? { backupId: flags.backup } : {}),
+    ...(flags.vm !== undefined ? { vm: flags.vm } : {}),
+    ...(flags.disk !== undefined ? { disk: flags.disk } : {}),
+    ...(flags.at !== undefined ? { at: parsePointInTime(flags.at) } : {}),
+  };
+}
+
+function addSelector(command: Command): Command {
+  return command
+    .option('--backup <id>', 'the backup id (backup_id of one disk backup; its chain is followed)')
+    .option('--vm <name>', 'instead of --backup: the newest backup of this VM …')
+    .option('--disk <target>', '… of this disk (needed when the VM has several)')
+    .option('--at <time>', '… created at or before this time (ISO 8601, UTC unless a zone is given)');
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+}
+
+function listRows(records: BackupRecord[]): string {
+  const rows = [['CREATED (UTC)', 'VM', 'DISK', 'BACKUP ID', 'LEVEL', 'PARENT', 'SIZE', 'DATA', 'STORED', 'CHECKPOINT', 'GROUP']];
+  for (const r of records) {
+    rows.push([
+      r.createdAt.slice(0, 19), r.vm ?? '-', r.disk ?? '-', r.backupId, r.parentId ? 'incremental' : 'full', r.parentId ?? '-',
+      r.size !== undefined ? formatBytes(r.size) : '-', formatBytes(r.dataBytes), r.storedBytes !== undefined ? formatBytes(r.storedBytes) : '-',
+      r.checkpoint ?? '-', r.groupId ?? '-',
+    ]);
+  }
+  return table(rows);
+}
+
+export function registerRepositoryCommands(program: Command, context: () => CliContext): void {
+  program
+    .command('list')
+    .description('list the complete backups in a repository (oldest first)')
+    .requiredOption('--repo <dir>', 'the repository directory')
+    .option('--vm <name>', 'only this VM')
+    .option('--disk <target>', 'only this disk')
+    .action(async (flags: { repo: string; vm?: string; disk?: string }) => {
+      const ctx = context();
+      const records = await listBackups(resolve(flags.repo), {
+        ...(flags.vm !== undefined ? { vm: flags.vm } : {}), ...(flags.disk !== undefined ? { disk: flags.disk } : {}), signal: ctx.signal,
+      });
+      if (ctx.json) ctx.printJson(records);
+      else if (records.length === 0) ctx.info(`no backups in ${resolve(flags.repo)}${flags.vm ? ` for VM '${flags.vm}'` : ''}`);
+      else ctx.print(listRows(records));
+    });
+
+  addSelector(program
+    .command('restore')
+    .description('restore one disk backup (its whole chain) into a new raw or qcow2 file, checking every object and the final sha256s')
+    .requiredOption('--repo <dir>', 'the repository directory')
+    .requiredOption('--out <file>', 'the file to create'))
+    .addOption(new Option('--format <format>', 'output format').choices(['raw', 'qcow2']).default('raw'))
+    .option('--force', 'replace --out when it exists')
+    .addHelpText('after', `
+Examples:
+  fleece restore --repo /backups/repo --backup 3f2c…-… --out /tmp/vda.raw
+  fleece restore --repo /backups/repo --vm vm1 --disk vda --at 2025-01-02T03:00:00Z --out vda.qcow2 --format qcow2`)
+    .action(async (flags: SelectorFlags & { repo: string; out: string; format: 'raw' | 'qcow2'; force?: boolean }) => {
+      const ctx = context();
+      const progress = ctx.progress();
+      let started = false;
+      try {
+        const result = await restoreToFile(
+          { repo: resolve(flags.repo), selector: selectorOf(flags), out: resolve(flags.out), format: flags.format, ...(flags.force ? { overwrite: true } : {}) },
+          {
+            signal: ctx.signal,
+            onProgress: (done, total) => {
+              if (!started) progress.start('restore', total);
+              started = true;
+              progress.update({ done, total });
+            },
+          },
+        );
+        progress.stop();
+        const s = result.summary;
+        if (ctx.json) ctx.printJson({ vm: result.record.vm ?? null, disk: result.record.disk ?? null, out: result.out, format: result.format, ...s });
+        else ctx.print(`restored backup ${s.backupId} (chain of ${s.chain.length}) to ${result.out} (${result.format}): ${formatBytes(s.bytesWritten)} written, ${s.verified ? 'sha256 verified' : 'not re-hashed'}`);
+      } finally {
+        progress.stop();
+      }
+    });
+
+  addSelector(program
+    .command('verify')
+    .description('check a backup and its chain: every object present, md5 per object (--deep: every sha256 block too)')
+    .requiredOption('--repo <dir>', 'the repository directory'))
+    .option('--deep', 'decompress and re-hash every block against the _sha256file')
+    .action(async (flags: SelectorFlags & { repo: string; deep?: boolean }) => {
+      const ctx = context();
+      const { record, report } = await verifyBackup(resolve(flags.repo), selectorOf(flags), { ...(flags.deep ? { deep: true } : {}), signal: ctx.signal });
+      if (ctx.json) {
+        ctx.printJson({ ...report, problems: report.problems.map((p) => ({ backupId: p.backupId, object: p.object, message: p.message })) });
+      } else {
+        for (const p of report.problems) ctx.print(`problem: backup ${p.backupId}: ${p.object}: ${p.message}`);
+        ctx.print(`backup ${record.backupId}: ${report.ok ? 'OK' : 'DAMAGED'} (${report.backups.length} backup(s) in the chain, ${report.objectsChecked} objects, ${formatBytes(report.bytesChecked)} checked)`);
+      }
+      if (!report.ok) {
+        throw new IntegrityError(`backup ${record.backupId} failed verification with ${report.problems.length} problem(s)`, {
+          hint: 'restore an older backup or take a new full backup',
+        });
+      }
+    });
+
+  program
+    .command('delete')
+    .description('delete a backup (--cascade: and the incrementals built on it), or every disk backup of a group')
+    .requiredOption('--repo <dir>', 'the repository directory')
+    .option('--backup <id>', 'the backup to delete')
+    .option('--group <id>', 'delete every disk backup of this VM backup group')
+    .option('--cascade', 'also delete the backups that depend on it')
+    .action(async (flags: { repo: string; backup?: string; group?: string; cascade?: boolean }) => {
+      const ctx = context();
+      const report = await deleteBackups(resolve(flags.repo), {
+        ...(flags.backup !== undefined ? { backupId: flags.backup } : {}),
+        ...(flags.group !== undefined ? { groupId: flags.group } : {}),
+        ...(flags.cascade ? { cascade: true } : {}),
+        signal: ctx.signal,
+      });
+      if (ctx.json) ctx.printJson(report);
+      else ctx.print(`deleted ${report.deleted.length} backup(s): ${report.deleted.join(', ')} (${report.objectsRemoved} objects)`);
+    });
+
+  program
+    .command('gc')
+    .description('remove objects that no backup references (left by interrupted backups), older than a grace period')
+    .requiredOption('--repo <dir>', 'the repository directory')
+    .option('--dry-run', 'only report what would be removed')
+    .option('--grace <seconds>', 'only remove objects older than this (default 86400: a running backup has no _metadata yet)')
+    .action(async (flags: { repo: string; dryRun?: boolean; grace?: string }) => {
+      const ctx = context();
+      let gracePeriodMs: number | undefined;
+      if (flags.grace !== undefined) {
+        const seconds = Number(flags.grace);
+        if (!Number.isFinite(seconds) || seconds < 0) throw new FleeceError('USAGE', `--grace '${flags.grace}' is not a number of seconds`, { hint: 'e.g. --grace 3600' });
+        gracePeriodMs = seconds * 1000;
+      }
+      const report = await collectRepositoryGarbage(resolve(flags.repo), {
+        ...(flags.dryRun ? { dryRun: true } : {}), ...(gracePeriodMs !== undefined ? { gracePeriodMs } : {}), signal: ctx.signal,
+      });
+      if (ctx.json) ctx.printJson(report);
+      else {
+        ctx.print(`${flags.dryRun ? 'would remove' : 'removed'} ${report.removed.length} object(s), ${formatBytes(report.bytesFreed)}`);
+        for (const s of report.skipped) ctx.print(`skipped container ${s.container}: ${s.object}: ${s.reason}`);
+      }
+    });
+}

@@ -1,0 +1,140 @@
+// The fleeced HTTP API's shapes: TypeBox schemas (validation and the OpenAPI document) and their TypeScript types.
+import { Type, type Static } from 'typebox';
+
+export { JOB_KINDS, JOB_STATES, isFinalJobState } from '../app/jobs/job-info.js';
+export type { JobInfo, JobKind, JobState, ExportInfo, DiskProgress } from '../app/jobs/job-info.js';
+export type { ApiError, CheckpointList, Health, VmEntryBody, VmStatus } from '../app/jobs/api-shapes.js';
+import type { ApiError, CheckpointList, Health, JobInfo, VmEntryBody, VmStatus } from '../app/jobs/api-shapes.js';
+
+
+export const ExportInfoSchema = Type.Object({
+  name: Type.String(),
+  uri: Type.String(),
+  socket: Type.Optional(Type.String()),
+  context: Type.String(),
+});
+
+export const DiskProgressSchema = Type.Object({
+  disk: Type.String(),
+  state: Type.String(),
+  total: Type.Number(),
+  processed: Type.Number(),
+  export: Type.Optional(ExportInfoSchema),
+});
+
+export const JobInfoSchema = Type.Object({
+  id: Type.String(),
+  vm: Type.String(),
+  kind: Type.Union([Type.Literal('push'), Type.Literal('pull'), Type.Literal('repository')]),
+  state: Type.Union([
+    Type.Literal('starting'),
+    Type.Literal('running'),
+    Type.Literal('ready'),
+    Type.Literal('completed'),
+    Type.Literal('failed'),
+    Type.Literal('cancelling'),
+    Type.Literal('cancelled'),
+  ]),
+  startedAt: Type.String({ description: 'ISO 8601' }),
+  endedAt: Type.Optional(Type.String()),
+  error: Type.Optional(Type.String()),
+  checkpoint: Type.Optional(Type.String({ description: 'the checkpoint the job creates' })),
+  incrementalFrom: Type.Optional(Type.String()),
+  dataTotal: Type.Number(),
+  dataProcessed: Type.Number(),
+  dataRemaining: Type.Number(),
+  elapsedMs: Type.Number(),
+  scratchBytes: Type.Optional(Type.Number()),
+  rate: Type.Optional(Type.Number({ description: 'bytes per second over the last progress interval' })),
+  disks: Type.Array(DiskProgressSchema),
+  result: Type.Optional(Type.Unknown()),
+});
+
+export const ErrorSchema = Type.Object({
+  error: Type.Object({ code: Type.String(), message: Type.String() }),
+});
+type ApiErrorCheck = Static<typeof ErrorSchema>;
+
+export const HealthSchema = Type.Object({ version: Type.String(), pid: Type.Number(), uptimeMs: Type.Number() });
+type HealthCheck = Static<typeof HealthSchema>;
+
+export const VmEntrySchema = Type.Object({
+  name: Type.String({ minLength: 1 }),
+  qmp: Type.String({ minLength: 1 }),
+  guestAgent: Type.Optional(Type.String()),
+});
+type VmEntryBodyCheck = Static<typeof VmEntrySchema>;
+
+export const VmStatusSchema = Type.Object({
+  name: Type.String(),
+  qmp: Type.String(),
+  connected: Type.Boolean(),
+  status: Type.Unknown({ description: 'query-status' }),
+  disks: Type.Array(
+    Type.Object({ target: Type.String(), format: Type.String(), virtualSize: Type.Number(), filename: Type.String() }),
+  ),
+  job: Type.Union([JobInfoSchema, Type.Null()]),
+});
+type VmStatusCheck = Static<typeof VmStatusSchema>;
+
+export const CheckpointSummarySchema = Type.Object({
+  name: Type.String(),
+  parent: Type.Union([Type.String(), Type.Null()]),
+  creationTime: Type.Number(),
+  disks: Type.Array(Type.Unknown()),
+});
+export const CheckpointListSchema = Type.Object({
+  current: Type.Union([Type.String(), Type.Null()]),
+  checkpoints: Type.Array(CheckpointSummarySchema),
+});
+type CheckpointListCheck = Static<typeof CheckpointListSchema>;
+
+export const CheckpointCreateSchema = Type.Object({
+  xml: Type.Optional(Type.String()),
+  name: Type.Optional(Type.String()),
+  description: Type.Optional(Type.String()),
+});
+export const NameXmlSchema = Type.Object({ name: Type.String(), xml: Type.String() });
+
+export const BackupBeginSchema = Type.Object({
+  backupXml: Type.Optional(Type.String()),
+  checkpointXml: Type.Optional(Type.String()),
+  reuseExternal: Type.Optional(Type.Boolean()),
+});
+export type BackupBeginBody = Static<typeof BackupBeginSchema>;
+
+export const RepositoryBackupSchema = Type.Object({
+  repo: Type.String({ minLength: 1 }),
+  level: Type.Optional(Type.Union([Type.Literal('auto'), Type.Literal('full'), Type.Literal('incremental')])),
+  disks: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
+  compression: Type.Optional(Type.Union([Type.Literal('zstd'), Type.Literal('zlib'), Type.Literal('bz2'), Type.Literal('none')])),
+});
+export type RepositoryBackupBody = Static<typeof RepositoryBackupSchema>;
+
+export const JobReplySchema = Type.Object({ job: JobInfoSchema });
+export const MaybeJobReplySchema = Type.Object({ job: Type.Union([JobInfoSchema, Type.Null()]) });
+export const JobListSchema = Type.Object({ jobs: Type.Array(JobInfoSchema) });
+
+export const RestoreSchema = Type.Object({
+  repo: Type.String({ minLength: 1 }),
+  backupId: Type.String({ minLength: 1 }),
+  out: Type.String({ minLength: 1 }),
+  format: Type.Optional(Type.Union([Type.Literal('raw'), Type.Literal('qcow2')])),
+});
+export const VerifySchema = Type.Object({
+  repo: Type.String({ minLength: 1 }),
+  backupId: Type.String({ minLength: 1 }),
+  deep: Type.Optional(Type.Boolean()),
+});
+
+// The plain types clients use must match the schemas (a compile error here means one of them drifted).
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const shapesMatch: [
+  Same<ApiErrorCheck, ApiError>,
+  Same<HealthCheck, Health>,
+  Same<VmEntryBodyCheck, VmEntryBody>,
+  Same<CheckpointListCheck, CheckpointList>,
+  Same<Static<typeof JobInfoSchema>, JobInfo>,
+  Same<VmStatusCheck['disks'], VmStatus['disks']>,
+] = [true, true, true, true, true, true];
+void shapesMatch;

@@ -1,0 +1,89 @@
+#!/usr/bin/env node
+// fleeced: the fleece host daemon's command line (flags, configuration file, logging, signals).
+import { join } from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { pino } from 'pino';
+import { resolveConfigDir } from '../app/paths.js';
+import { describeError } from '../util/errors.js';
+import { setRootLogger } from '../util/logger.js';
+import { readConfigFile, resolveDaemonConfig, type DaemonConfigInput } from './config.js';
+import { daemonVersion } from './version.js';
+
+function number(name: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`${name} must be a number`);
+    return n;
+  };
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = new Command('fleeced')
+    .description('fleece host daemon: HTTP API over a unix socket (and TCP with a bearer token) for VM backups')
+    .version(daemonVersion())
+    .option('--config <file>', 'JSON configuration file (default <config-dir>/fleeced.conf when it exists)')
+    .option('--socket <path>', 'unix socket of the API (default <run-dir>/fleeced.sock)')
+    .option('--tcp <host:port>', 'also listen on TCP (requires --token-file)')
+    .option('--token-file <path>', 'file holding the bearer token TCP clients must send')
+    .option('--state-dir <dir>', 'state directory (checkpoints, job records); default $FLEECE_STATE_DIR or /var/lib/fleece')
+    .option('--config-dir <dir>', 'configuration directory (registered VMs); default $FLEECE_CONFIG_DIR or /etc/fleece')
+    .option('--run-dir <dir>', 'runtime directory (sockets); default $FLEECE_RUN_DIR or /run/fleece')
+    .option('--max-jobs <n>', 'backup jobs running at the same time (default 4)', number('--max-jobs'))
+    .option('--log-level <level>', 'fatal, error, warn, info (default), debug, trace or silent')
+    .option('--log-file <path>', 'log to this file instead of stderr')
+    .option('--exit-when-idle <seconds>', 'exit once no job has been active for this long', number('--exit-when-idle'));
+  program.parse(argv);
+  const o = program.opts<{
+    config?: string;
+    socket?: string;
+    tcp?: string;
+    tokenFile?: string;
+    stateDir?: string;
+    configDir?: string;
+    runDir?: string;
+    maxJobs?: number;
+    logLevel?: string;
+    logFile?: string;
+    exitWhenIdle?: number;
+  }>();
+  const flags: DaemonConfigInput = {
+    socket: o.socket,
+    tcp: o.tcp,
+    tokenFile: o.tokenFile,
+    stateDir: o.stateDir,
+    configDir: o.configDir,
+    runDir: o.runDir,
+    maxParallelJobs: o.maxJobs,
+    logLevel: o.logLevel,
+    logFile: o.logFile,
+    exitWhenIdle: o.exitWhenIdle,
+  };
+  const configFile = o.config ?? join(resolveConfigDir(o.configDir), 'fleeced.conf');
+  const file = await readConfigFile(configFile, o.config !== undefined);
+  const config = resolveDaemonConfig(file, flags);
+
+  const logger = pino(
+    { name: 'fleeced', level: config.logLevel },
+    config.logFile ? pino.destination({ dest: config.logFile, mkdir: true, sync: false }) : pino.destination(2),
+  );
+  setRootLogger(logger);
+  // A request must never take the daemon down: log what escaped instead of crashing.
+  process.on('unhandledRejection', (reason) => logger.error({ err: reason }, 'unhandled rejection'));
+  // Loaded only now: modules take their loggers from the root logger when they load.
+  const { startDaemon } = await import('./daemon.js');
+  const daemon = await startDaemon(config, logger);
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(signal, () => void daemon.stop(signal));
+  }
+  await daemon.stopped;
+  logger.flush();
+  return 0;
+}
+
+main(process.argv).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    process.stderr.write(`fleeced: ${describeError(error)}\n`);
+    process.exit(error instanceof Error && 'code' in error && error.code === 'INVALID_INPUT' ? 2 : 1);
+  },
+);

@@ -1,0 +1,107 @@
+// A small pool of worker threads that hash, compress and decompress objects off the main thread.
+import { Worker } from 'node:worker_threads';
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import { FleeceError } from '../../util/errors.js';
+import type { Compression } from '../format/manifest.js';
+import { WORKER_SOURCE } from './worker-source.js';
+
+const require = createRequire(import.meta.url);
+
+export interface EncodeTask {
+  kind: 'encode';
+  /** The segment; only its first `length` bytes are encoded, so a partly filled buffer can still be transferred whole. */
+  data: Uint8Array;
+  length?: number;
+  blockSize: number;
+  baseline: Uint8Array;
+  codec: Compression;
+  level: number;
+  maxObjectBytes: number;
+}
+export interface EncodedObject { block: number; length: number; md5: string; compression: Compression; data: Uint8Array }
+/** `input`: the task's data handed back (when it was transferred whole) so that its memory can be reused. */
+export interface EncodeResult { digests: Uint8Array; objects: EncodedObject[]; input?: Uint8Array }
+
+export interface DecodeTask { kind: 'decode'; data: Uint8Array; compression: Compression; length: number; md5: string; blockSize?: number }
+export interface DecodeResult { data?: Uint8Array; digests?: Uint8Array | null; error?: string; found?: string }
+
+export interface HashTask { kind: 'hash'; data: Uint8Array; blockSize: number }
+
+type Task = EncodeTask | DecodeTask | HashTask;
+interface Pending { resolve: (v: unknown) => void; reject: (e: Error) => void }
+
+/** The default pool size: one worker per core (the main thread mostly waits on I/O). */
+export function defaultWorkerCount(): number {
+  return Math.max(1, Math.min(8, availableParallelism()));
+}
+
+/** Runs tasks on N workers, least-loaded first. close() terminates them; pending tasks then reject. */
+export class WorkerPool {
+  private readonly workers: Worker[] = [];
+  private readonly load: number[] = [];
+  private readonly pending = new Map<number, Pending & { worker: number }>();
+  private nextId = 1;
+  private closed = false;
+
+  constructor(readonly size = defaultWorkerCount()) {
+    const workerData = { zstdPath: require.resolve('zstd-napi'), bunzipPath: require.resolve('seek-bzip') };
+    for (let i = 0; i < size; i++) {
+      const worker = new Worker(WORKER_SOURCE, { eval: true, workerData });
+      worker.on('message', (msg: { id: number; ok: boolean; result?: unknown; error?: string }) => {
+        const p = this.pending.get(msg.id);
+        if (!p) return;
+        this.pending.delete(msg.id);
+        this.load[i]! -= 1;
+        if (msg.ok) p.resolve(msg.result);
+        else p.reject(new FleeceError('INTERNAL', `repository worker failed: ${msg.error}`));
+      });
+      worker.on('error', (error) => this.failWorker(i, error));
+      worker.on('exit', (code) => this.failWorker(i, new Error(`worker exited with code ${code}`)));
+      this.workers.push(worker);
+      this.load.push(0);
+    }
+  }
+
+  private failWorker(index: number, error: Error): void {
+    for (const [id, p] of this.pending) {
+      if (p.worker !== index) continue;
+      this.pending.delete(id);
+      p.reject(new FleeceError('INTERNAL', `repository worker ${index} stopped: ${error.message}`, { cause: error }));
+    }
+  }
+
+  run(task: EncodeTask, transfer?: ArrayBuffer[]): Promise<EncodeResult>;
+  run(task: DecodeTask, transfer?: ArrayBuffer[]): Promise<DecodeResult>;
+  run(task: HashTask, transfer?: ArrayBuffer[]): Promise<Uint8Array>;
+  /** Queues a task on the least-loaded worker. Rejects with FleeceError('INTERNAL') when the worker fails or the pool closes. */
+  run(task: Task, transfer: ArrayBuffer[] = []): Promise<unknown> {
+    if (this.closed) return Promise.reject(new FleeceError('INTERNAL', 'the repository worker pool is closed'));
+    let index = 0;
+    for (let i = 1; i < this.load.length; i++) if (this.load[i]! < this.load[index]!) index = i;
+    const id = this.nextId++;
+    this.load[index]! += 1;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, worker: index });
+      this.workers[index]!.postMessage({ id, task }, transfer);
+    });
+  }
+
+  /** Terminates every worker; pending tasks reject. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all(this.workers.map((w) => w.terminate()));
+    for (const [id, p] of this.pending) {
+      this.pending.delete(id);
+      p.reject(new FleeceError('INTERNAL', 'the repository worker pool was closed'));
+    }
+  }
+}
+
+/** The ArrayBuffer of a view when transferring it whole is safe (it owns the buffer), else nothing. */
+export function transferable(view: Uint8Array): ArrayBuffer[] {
+  const buffer = view.buffer;
+  if (buffer instanceof ArrayBuffer && view.byteOffset === 0 && view.byteLength === buffer.byteLength) return [buffer];
+  return [];
+}

@@ -1,0 +1,129 @@
+// The code of the hashing/compression worker threads, as CommonJS text run with `eval: true` (works from ts-jest and dist alike).
+
+/**
+ * Tasks (postMessage {id, task}); replies {id, ok, result | error}:
+ * - encode: hash each sha block of a segment, compare with the baseline digests, and for each run of changed
+ *   blocks (cut at maxObjectBytes) compute md5 and compress; raw when compression does not make it smaller.
+ * - decode: decompress one object, check its length and md5.
+ * - hash: sha256 of each block of a buffer.
+ * workerData: { zstdPath, bunzipPath }.
+ */
+export const WORKER_SOURCE = String.raw`
+'use strict';
+const { parentPort, workerData } = require('node:worker_threads');
+const crypto = require('node:crypto');
+const zlib = require('node:zlib');
+const childProcess = require('node:child_process');
+const zstd = require(workerData.zstdPath);
+const bunzip = require(workerData.bunzipPath);
+
+const zeroDigests = new Map();
+let zeroBlock = Buffer.alloc(0);
+function zeroDigest(len) {
+  let d = zeroDigests.get(len);
+  if (!d) {
+    d = crypto.createHash('sha256').update(Buffer.alloc(len)).digest();
+    zeroDigests.set(len, d);
+  }
+  return d;
+}
+function isZero(view) {
+  if (zeroBlock.length < view.length) zeroBlock = Buffer.alloc(view.length);
+  return view.equals(zeroBlock.subarray(0, view.length));
+}
+function compress(codec, level, data) {
+  switch (codec) {
+    case 'none': return null;
+    case 'zstd': return zstd.compress(data, { compressionLevel: level });
+    case 'zlib': return zlib.deflateSync(data, { level });
+    case 'bz2': {
+      const r = childProcess.spawnSync('bzip2', ['-c', '-' + Math.min(9, Math.max(1, level))], { input: data, maxBuffer: data.length * 2 + (1 << 20) });
+      if (r.status !== 0) throw new Error('bzip2 failed: ' + (r.stderr ? r.stderr.toString() : r.error));
+      return r.stdout;
+    }
+    default: throw new Error('unknown compression ' + codec);
+  }
+}
+function decompress(codec, data, length) {
+  switch (codec) {
+    case 'none': return data;
+    case 'zstd': return zstd.decompress(data);
+    case 'zlib': return zlib.inflateSync(data);
+    case 'bz2': return bunzip.decode(data);
+    default: throw new Error('unknown compression ' + codec);
+  }
+}
+function encode(t) {
+  const data = Buffer.from(t.data.buffer, t.data.byteOffset, t.length === undefined ? t.data.byteLength : t.length);
+  const bs = t.blockSize;
+  const blocks = Math.ceil(data.length / bs);
+  const baseline = Buffer.from(t.baseline.buffer, t.baseline.byteOffset, t.baseline.byteLength);
+  const digests = Buffer.alloc(blocks * 32);
+  const maxBlocks = Math.max(1, Math.floor(t.maxObjectBytes / bs));
+  // One pass: each block is hashed (sha256) and, when changed, fed to its object's md5 while still in cache.
+  // Objects are the runs of changed blocks, cut at maxBlocks.
+  const runs = [];
+  let run = null;
+  for (let b = 0; b < blocks; b++) {
+    const view = data.subarray(b * bs, Math.min(data.length, (b + 1) * bs));
+    const d = isZero(view) ? zeroDigest(view.length) : crypto.createHash('sha256').update(view).digest();
+    d.copy(digests, b * 32);
+    if (d.equals(baseline.subarray(b * 32, b * 32 + 32))) {
+      if (run) { runs.push(run); run = null; }
+      continue;
+    }
+    if (run && b - run.start >= maxBlocks) { runs.push(run); run = null; }
+    if (!run) run = { start: b, end: b, md5: crypto.createHash('md5') };
+    run.md5.update(view);
+    run.end = b + 1;
+  }
+  if (run) runs.push(run);
+  const objects = [];
+  for (const r of runs) {
+    const raw = data.subarray(r.start * bs, Math.min(data.length, r.end * bs));
+    const md5 = r.md5.digest('hex');
+    let packed = compress(t.codec, t.level, raw);
+    let compression = t.codec;
+    if (packed === null || packed.length >= raw.length) { packed = raw; compression = 'none'; }
+    objects.push({ block: r.start, length: raw.length, md5, compression, data: new Uint8Array(packed.buffer, packed.byteOffset, packed.byteLength) });
+  }
+  return { digests, objects };
+}
+function decode(t) {
+  const input = Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  let out;
+  try {
+    out = decompress(t.compression, input, t.length);
+  } catch (e) {
+    return { error: 'cannot decompress (' + t.compression + '): ' + (e && e.message) };
+  }
+  if (out.length !== t.length) return { error: 'decompressed length ' + out.length + ' is not the listed ' + t.length };
+  const md5 = crypto.createHash('md5').update(out).digest('hex');
+  if (md5 !== t.md5) return { error: 'md5 ' + md5 + ' is not the listed ' + t.md5, found: md5 };
+  const digests = t.blockSize ? hash({ data: out, blockSize: t.blockSize }) : null;
+  return { data: new Uint8Array(out.buffer, out.byteOffset, out.byteLength), digests };
+}
+function hash(t) {
+  const data = Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  const bs = t.blockSize;
+  const blocks = Math.ceil(data.length / bs);
+  const digests = Buffer.alloc(blocks * 32);
+  for (let b = 0; b < blocks; b++) {
+    const view = data.subarray(b * bs, Math.min(data.length, (b + 1) * bs));
+    (isZero(view) ? zeroDigest(view.length) : crypto.createHash('sha256').update(view).digest()).copy(digests, b * 32);
+  }
+  return digests;
+}
+parentPort.on('message', (msg) => {
+  try {
+    const t = msg.task;
+    const result = t.kind === 'encode' ? encode(t) : t.kind === 'decode' ? decode(t) : hash(t);
+    const transfer = t.kind === 'encode' && t.data.byteOffset === 0 && t.data.byteLength === t.data.buffer.byteLength ? [t.data.buffer] : [];
+    // The segment goes back whole, so that the writer can reuse its memory once the objects are stored.
+    if (transfer.length > 0) result.input = t.data;
+    parentPort.postMessage({ id: msg.id, ok: true, result }, transfer);
+  } catch (e) {
+    parentPort.postMessage({ id: msg.id, ok: false, error: String(e && e.stack || e) });
+  }
+});
+`;

@@ -1,0 +1,228 @@
+// The posix ObjectStore adapter: one directory per container, objects written to a temp name, fsynced, renamed.
+import { open, readFile, readdir, rename, stat, unlink, mkdir, rmdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { fsyncDirectory } from '../../util/atomic-file.js';
+import { throwIfAborted } from '../../util/errors.js';
+import { getLogger } from '../../util/logger.js';
+import {
+  ObjectNotFoundError, StoreError, checkObjectPath,
+  type ObjectInfo, type ObjectStore, type PutOptions, type StoreCallOptions,
+} from './object-store.js';
+
+const log = getLogger('repository.fs-store');
+const TEMP_SUFFIX = '.tmp';
+/** Piece size of getStream. */
+const STREAM_PIECE = 1 << 20;
+
+function errnoOf(error: unknown): string | undefined {
+  return (error as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/** A directory tree as an ObjectStore: `<root>/<container>/<name>`. */
+export class FsObjectStore implements ObjectStore {
+  readonly location: string;
+
+  constructor(readonly root: string) {
+    this.location = root;
+  }
+
+  private fail(action: string, container: string, name: string | undefined, error: unknown): never {
+    if (error instanceof StoreError || error instanceof ObjectNotFoundError) throw error;
+    const errno = errnoOf(error);
+    const what = name === undefined ? container : `${container}/${name}`;
+    const hint = errno === 'ENOSPC' ? 'free space on the repository file system'
+      : errno === 'EACCES' || errno === 'EPERM' ? 'check the permissions of the repository directory'
+      : errno === 'EROFS' ? 'the repository file system is read-only' : undefined;
+    throw new StoreError(`cannot ${action} ${what} in the repository at ${this.root}: ${errno ?? String(error)}`, {
+      cause: error, errno, hint,
+    });
+  }
+
+  async put(container: string, name: string, data: Uint8Array | AsyncIterable<Uint8Array>, options: PutOptions = {}): Promise<void> {
+    checkObjectPath(this.root, container, name);
+    throwIfAborted(options.signal, `writing ${container}/${name}`);
+    const dir = join(this.root, container);
+    const final = join(dir, name);
+    const tmp = join(dir, `.${name}.${randomBytes(6).toString('hex')}${TEMP_SUFFIX}`);
+    try {
+      // The container usually exists (many objects per container): create it only when the open says it is missing.
+      const handle = await open(tmp, 'wx', 0o644).catch(async (error: unknown) => {
+        if (errnoOf(error) !== 'ENOENT') throw error;
+        await mkdir(dir, { recursive: true });
+        return open(tmp, 'wx', 0o644);
+      });
+      try {
+        if (data instanceof Uint8Array) {
+          // One write(2) per call (writeFile would cut it into 512 KiB calls, each a thread-pool round trip).
+          for (let done = 0; done < data.byteLength;) {
+            const { bytesWritten } = await handle.write(data, done, data.byteLength - done, done);
+            done += bytesWritten;
+          }
+        } else {
+          for await (const piece of data) {
+            throwIfAborted(options.signal, `writing ${container}/${name}`);
+            await handle.write(piece);
+          }
+        }
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(tmp, final);
+      if (!options.deferContainerSync) await fsyncDirectory(dir);
+      log.debug({ container, name }, 'put');
+    } catch (error) {
+      await unlink(tmp).catch(() => undefined);
+      this.fail('write', container, name, error);
+    }
+  }
+
+  /** One fsync of the container's directory makes every rename in it so far durable. Throws StoreError. */
+  async syncContainer(container: string, options: StoreCallOptions = {}): Promise<void> {
+    checkObjectPath(this.root, container);
+    throwIfAborted(options.signal, `syncing ${container}`);
+    try {
+      await fsyncDirectory(join(this.root, container));
+    } catch (error) {
+      this.fail('sync', container, undefined, error);
+    }
+  }
+
+  async get(container: string, name: string, options: StoreCallOptions = {}): Promise<Buffer> {
+    checkObjectPath(this.root, container, name);
+    try {
+      return await readFile(join(this.root, container, name), { signal: options.signal });
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') throw new ObjectNotFoundError(this.root, container, name, { cause: error });
+      this.fail('read', container, name, error);
+    }
+  }
+
+  async *getStream(container: string, name: string, options: StoreCallOptions = {}): AsyncIterable<Buffer> {
+    checkObjectPath(this.root, container, name);
+    let handle;
+    try {
+      handle = await open(join(this.root, container, name), 'r');
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') throw new ObjectNotFoundError(this.root, container, name, { cause: error });
+      this.fail('read', container, name, error);
+    }
+    try {
+      let left = await handle.stat().then((st) => st.size, (error: unknown) => this.fail('stat', container, name, error)); // small objects get a small buffer
+      for (;;) {
+        throwIfAborted(options.signal, `reading ${container}/${name}`);
+        const want = Math.min(STREAM_PIECE, Math.max(4096, left));
+        const buf = Buffer.allocUnsafe(want);
+        let bytesRead: number;
+        try {
+          ({ bytesRead } = await handle.read(buf, 0, want, null));
+        } catch (error) {
+          this.fail('read', container, name, error);
+        }
+        if (bytesRead === 0) return;
+        left -= bytesRead;
+        yield bytesRead === want ? buf : buf.subarray(0, bytesRead);
+      }
+    } finally {
+      await handle.close();
+    }
+  }
+
+  private async entries(container: string, temporary: boolean, prefix = ''): Promise<ObjectInfo[]> {
+    checkObjectPath(this.root, container);
+    const dir = join(this.root, container);
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') return [];
+      this.fail('list', container, undefined, error);
+    }
+    const out: ObjectInfo[] = [];
+    for (const entry of names.sort()) {
+      const isTemp = entry.startsWith('.') && entry.endsWith(TEMP_SUFFIX);
+      if (isTemp !== temporary || (!temporary && entry.startsWith('.')) || !entry.startsWith(prefix)) continue;
+      try {
+        const info = await stat(join(dir, entry));
+        if (info.isFile()) out.push({ name: entry, size: info.size, modified: info.mtime });
+      } catch (error) {
+        if (errnoOf(error) !== 'ENOENT') this.fail('stat', container, entry, error);
+      }
+    }
+    return out;
+  }
+
+  async list(container: string, prefix = ''): Promise<ObjectInfo[]> {
+    return this.entries(container, false, prefix);
+  }
+
+  async listTemporary(container: string): Promise<ObjectInfo[]> {
+    return this.entries(container, true);
+  }
+
+  async deleteTemporary(container: string, name: string): Promise<void> {
+    checkObjectPath(this.root, container);
+    if (!name.startsWith('.') || !name.endsWith(TEMP_SUFFIX) || name.includes('/')) {
+      throw new StoreError(`"${name}" in ${this.root}/${container} is not a temporary object`);
+    }
+    try {
+      await unlink(join(this.root, container, name));
+    } catch (error) {
+      if (errnoOf(error) !== 'ENOENT') this.fail('delete', container, name, error);
+    }
+    await this.pruneEmpty(container);
+  }
+
+  async delete(container: string, name: string): Promise<boolean> {
+    checkObjectPath(this.root, container, name);
+    try {
+      await unlink(join(this.root, container, name));
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') return false;
+      this.fail('delete', container, name, error);
+    }
+    await this.pruneEmpty(container);
+    return true;
+  }
+
+  /** Removes the container directory and its empty parents once nothing is left in it. */
+  private async pruneEmpty(container: string): Promise<void> {
+    const segments = container.split('/');
+    for (let i = segments.length; i > 0; i--) {
+      try {
+        await rmdir(join(this.root, ...segments.slice(0, i)));
+      } catch {
+        return; // not empty (or gone): stop climbing
+      }
+    }
+  }
+
+  async exists(container: string, name: string): Promise<boolean> {
+    checkObjectPath(this.root, container, name);
+    try {
+      return (await stat(join(this.root, container, name))).isFile();
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') return false;
+      this.fail('stat', container, name, error);
+    }
+  }
+
+  async *listContainers(options: StoreCallOptions = {}): AsyncIterable<string> {
+    const walk = async function* (this: FsObjectStore, rel: string): AsyncGenerator<string> {
+      throwIfAborted(options.signal, 'listing the repository');
+      let entries;
+      try {
+        entries = await readdir(join(this.root, rel), { withFileTypes: true });
+      } catch (error) {
+        if (errnoOf(error) === 'ENOENT') return;
+        this.fail('list', rel || '.', undefined, error);
+      }
+      if (rel !== '' && entries.some((e) => e.isFile())) yield rel;
+      for (const entry of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
+        if (entry.isDirectory() && !entry.name.startsWith('.')) yield* walk.call(this, rel === '' ? entry.name : `${rel}/${entry.name}`);
+      }
+    };
+    yield* walk.call(this, '');
+  }
+}

@@ -1,0 +1,550 @@
+// BackupWriter: turns a stream of extents into Cinder data objects, a _sha256file and, last, the _metadata.
+import { createHash, randomUUID } from 'node:crypto';
+import { AbortedError, ConflictError, FleeceError, InvalidInputError, throwIfAborted } from '../util/errors.js';
+import { getLogger } from '../util/logger.js';
+import type { ObjectStore } from './store/object-store.js';
+import {
+  FORMAT_VERSION, containerFor, dataObjectName, metadataName, objectPrefix, pythonDatetimeString, sha256FileName,
+} from './format/naming.js';
+import { serializeMetadataPieces, type BackupMetadata, type Compression, type FleeceExtra, type ObjectEntry } from './format/manifest.js';
+import { DIGEST_BYTES, sha256FileStream, type DigestSink } from './format/sha256-file.js';
+import { DigestTable, type DigestTableOptions } from './digest-table.js';
+import { DEFAULT_LEVELS } from './compression/codecs.js';
+import { WorkerPool, transferable, type EncodeResult } from './pipeline/worker-pool.js';
+import type { Extent } from './extents.js';
+
+const log = getLogger('repository.writer');
+
+/** fleece's version, recorded in every manifest. */
+export const FLEECE_VERSION = '0.1.0';
+
+/**
+ * Default object size: 4 MiB. Cinder's 32 MiB means queue depth × 32 MiB × 2 (raw + compressed) of memory in
+ * flight and a whole 32 MiB object rewritten for a 4 KiB change in a full; 4 MiB (PBS's fixed-index chunk size)
+ * keeps about 40 MiB in flight with the default queue, still only 256 requests per GiB (cheap for posix and S3),
+ * and big enough for zstd to compress as well as on larger buffers. Incrementals store changed runs anyway.
+ */
+export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
+/** Cinder's backup_sha_block_size_bytes default. */
+export const DEFAULT_SHA_BLOCK_SIZE = 32 * 1024;
+
+/** How the producer reads: see the module README. */
+export type BackupMode = 'full' | 'changed-extents' | 'compare';
+
+/** The parent's hashes, as the repository hands them to a writer: in memory, or streamed by `load` (big disks). */
+export interface ParentState {
+  backupId: string;
+  volumeId: string;
+  size: number;
+  shaBlockSize: number;
+  /** All the parent's digests (small disks, tests). */
+  digests?: Buffer;
+  /** Streams the parent's digests in block order into `sink` (read straight into the new backup's table). */
+  load?: (sink: DigestSink) => Promise<void>;
+}
+
+export interface WriterOptions {
+  backupId?: string;
+  volumeId: string;
+  /** The disk's virtual size in bytes. */
+  size: number;
+  mode: BackupMode;
+  parent?: ParentState;
+  chunkSize?: number;
+  shaBlockSize?: number;
+  compression?: Compression;
+  compressionLevel?: number;
+  name?: string | null;
+  description?: string | null;
+  volumeMeta?: string | null;
+  vm?: string;
+  disk?: string;
+  checkpoint?: string;
+  incrementalFrom?: string;
+  groupId?: string;
+  /** Worker threads (default: one per core). */
+  workers?: number;
+  /** Segments in flight (each at most chunkSize raw + its compressed objects); default 2 × workers + 2. */
+  queueDepth?: number;
+  /** Object puts in flight at once; default 4. */
+  putConcurrency?: number;
+  /** The backup's creation time (tests). */
+  now?: Date;
+  /** Where the per-block digests live: memory below `memoryLimit` (default 16 MiB), else a temporary file. */
+  digestTable?: Pick<DigestTableOptions, 'memoryLimit' | 'cacheBytes' | 'tempDir'>;
+  signal?: AbortSignal;
+  /** Called after each committed metadata (the catalog updates itself). */
+  onCommit?: (meta: BackupMetadata) => void;
+}
+
+export interface BackupSummary {
+  backupId: string;
+  container: string;
+  prefix: string;
+  parentId: string | null;
+  /** Bytes of data handed to write(). */
+  bytesRead: number;
+  /** Uncompressed bytes stored in objects. */
+  bytesChanged: number;
+  /** Bytes stored (after compression) in data objects. */
+  bytesStored: number;
+  objects: number;
+  durationMs: number;
+}
+
+/** The writer refused an incremental because its parent is not compatible. */
+export class IncompatibleParentError extends FleeceError {
+  constructor(message: string, hint: string) {
+    super('CONFLICT', message, { hint });
+  }
+}
+
+type State = 'open' | 'finishing' | 'done' | 'aborted' | 'failed';
+
+interface Segment { startBlock: number; capBlocks: number; buf: Buffer; filledEnd: number }
+
+/**
+ * Writes one disk backup. Call write() with extents in ascending offset order (awaiting each: it applies
+ * backpressure when the pipeline is full), then finish(); or abort(). Memory stays bounded by
+ * queueDepth × chunkSize (+ compressed copies) plus the digest table's memory limit (then a temporary file),
+ * whatever the disk size.
+ */
+export class BackupWriter {
+  readonly backupId: string;
+  readonly container: string;
+  readonly prefix: string;
+  private readonly size: number;
+  private readonly bs: number;
+  private readonly blocks: number;
+  /** Bytes per segment (the largest object); bufferForRead() hands out buffers of this size. */
+  readonly chunkSize: number;
+  private readonly chunkBlocks: number;
+  private readonly codec: Compression;
+  private readonly level: number;
+  private readonly mode: BackupMode;
+  private readonly digests: DigestTable;
+  private readonly inheritBlocks: number;
+  private readonly zeroFull: Buffer;
+  private readonly zeroLast: Buffer;
+  private readonly pool: WorkerPool;
+  private readonly queueDepth: number;
+  private readonly putConcurrency: number;
+  private readonly created: Date;
+  private readonly started = Date.now();
+
+  private state: State = 'open';
+  private prepared: Promise<void> | undefined;
+  private failure: unknown;
+  private seg: Segment | null = null;
+  private nextBlock = 0;
+  private cursor = 0;
+  private inFlight = 0;
+  private slotWaiters: (() => void)[] = [];
+  private tail: Promise<void> = Promise.resolve();
+  private putsRunning = 0;
+  private putWaiters: (() => void)[] = [];
+  /** Full-size segment buffers whose objects are stored, ready for reuse (no fresh, page-faulted memory per segment). */
+  private readonly spare: Buffer[] = [];
+  private readonly entries: ObjectEntry[] = [];
+  private readonly written: string[] = [];
+  private bytesRead = 0;
+  private bytesChanged = 0;
+  private bytesStored = 0;
+  private readonly signal: AbortSignal | undefined;
+  private readonly onAbort = () => { void this.abort(this.signal?.reason); };
+
+  /** Throws InvalidInputError for bad sizes/options and IncompatibleParentError for a parent it cannot extend. */
+  constructor(private readonly store: ObjectStore, private readonly options: WriterOptions) {
+    const { size, mode, parent } = options;
+    if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidInputError(`disk size ${size} is not a positive integer`);
+    this.bs = options.shaBlockSize ?? parent?.shaBlockSize ?? DEFAULT_SHA_BLOCK_SIZE;
+    this.chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    if (!Number.isSafeInteger(this.bs) || this.bs <= 0 || this.bs % 512 !== 0) {
+      throw new InvalidInputError(`sha block size ${this.bs} is not a positive multiple of 512`, { hint: 'use 32768 (Cinder\'s default)' });
+    }
+    if (!Number.isSafeInteger(this.chunkSize) || this.chunkSize < this.bs || this.chunkSize % this.bs !== 0) {
+      throw new InvalidInputError(`chunk size ${this.chunkSize} is not a multiple of the sha block size ${this.bs}`, { hint: 'use a multiple of the sha block size' });
+    }
+    if (mode === 'full' && parent) throw new InvalidInputError('a full backup takes no parent', { hint: 'drop the parent or use mode changed-extents/compare' });
+    if (mode !== 'full' && !parent) throw new InvalidInputError(`mode ${mode} needs a parent backup`, { hint: 'give a parent or take a full backup' });
+    if (parent) {
+      if (parent.shaBlockSize !== this.bs) {
+        throw new IncompatibleParentError(
+          `parent backup ${parent.backupId} uses sha blocks of ${parent.shaBlockSize} bytes, this backup ${this.bs}`,
+          'an incremental must use its parent\'s sha block size: take a full backup to change it');
+      }
+      if (parent.volumeId !== options.volumeId) {
+        throw new IncompatibleParentError(`parent backup ${parent.backupId} is of volume ${parent.volumeId}, not ${options.volumeId}`,
+          'an incremental continues the chain of the same volume');
+      }
+      if (mode === 'changed-extents' && parent.size !== size) {
+        throw new IncompatibleParentError(`the disk size changed from ${parent.size} to ${size} since parent backup ${parent.backupId}`,
+          'after a resize, take a full backup or an incremental in compare mode');
+      }
+    }
+    this.size = size;
+    this.mode = mode;
+    this.blocks = Math.ceil(size / this.bs);
+    this.chunkBlocks = this.chunkSize / this.bs;
+    this.codec = options.compression ?? 'zstd';
+    this.level = options.compressionLevel ?? DEFAULT_LEVELS[this.codec];
+    this.backupId = options.backupId ?? randomUUID();
+    this.created = options.now ?? new Date();
+    this.container = containerFor(this.backupId);
+    this.prefix = objectPrefix(options.volumeId, this.created, this.backupId);
+    this.zeroFull = createHash('sha256').update(Buffer.alloc(this.bs)).digest();
+    const lastLen = size - (this.blocks - 1) * this.bs;
+    this.zeroLast = lastLen === this.bs ? this.zeroFull : createHash('sha256').update(Buffer.alloc(lastLen)).digest();
+    // Every block starts at the zero-block digest ("never set" in the table, so holes cost nothing).
+    this.digests = new DigestTable({ ...options.digestTable, blocks: this.blocks, defaults: { full: this.zeroFull, last: this.zeroLast } });
+    // Blocks beyond the parent's end were not there: they restore as zeros, which is the baseline already set.
+    this.inheritBlocks = !parent ? 0 : parent.size === size ? this.blocks : Math.min(this.blocks, Math.floor(parent.size / this.bs));
+    if (parent?.digests) this.inherit(0, parent.digests);
+    const workers = options.workers ?? undefined;
+    this.pool = new WorkerPool(workers);
+    this.queueDepth = options.queueDepth ?? 2 * this.pool.size + 2;
+    this.putConcurrency = options.putConcurrency ?? 4;
+    this.signal = options.signal;
+    this.signal?.addEventListener('abort', this.onAbort, { once: true });
+  }
+
+  private inherit(first: number, digests: Buffer): void {
+    if (first >= this.inheritBlocks) return;
+    const n = Math.min(digests.length / DIGEST_BYTES, this.inheritBlocks - first);
+    this.digests.write(first, digests.subarray(0, n * DIGEST_BYTES));
+  }
+
+  /**
+   * Streams the parent's digests into this backup's table (when the parent came with `load`); the repository
+   * awaits it before handing the writer out. Throws what `load` throws (IntegrityError, StoreError…).
+   */
+  prepare(): Promise<void> {
+    const load = this.options.parent?.load;
+    this.prepared ??= load ? load((first, digests) => this.inherit(first, digests)) : Promise.resolve();
+    return this.prepared;
+  }
+
+  private check(): void {
+    if (this.state === 'failed') throw this.failure;
+    if (this.state === 'aborted') throw new AbortedError(`backup ${this.backupId} was aborted`, { cause: this.failure });
+    if (this.state !== 'open') throw new ConflictError(`backup ${this.backupId} is already ${this.state}`, { hint: 'start a new backup' });
+  }
+
+  /**
+   * Adds one extent. Offsets must ascend and stay within the disk; in changed-extents mode extents must be
+   * aligned to sha blocks (see alignRangesToBlocks). Ranges never written read as zeros (full, compare) or as
+   * unchanged since the parent (changed-extents). Resolves when the pipeline has room for more.
+   * With `handOver` the caller gives up `extent.data` (a buffer from bufferForRead(), never to be touched again): a
+   * block-aligned piece then becomes a segment without a copy.
+   * Throws InvalidInputError for a bad extent, AbortedError after abort, and the pipeline's first failure.
+   */
+  async write(extent: Extent, options: { handOver?: boolean } = {}): Promise<void> {
+    this.check();
+    await this.prepare(); // at once when the repository already awaited it
+    const { offset, length } = extent;
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new InvalidInputError(`extent at ${offset} length ${length} is outside the disk (size ${this.size})`);
+    }
+    if (offset < this.cursor) {
+      throw new InvalidInputError(`extent at ${offset} comes before the end of the previous one (${this.cursor})`, { hint: 'pass extents in ascending offset order, not overlapping' });
+    }
+    if (length === 0) return;
+    if (this.mode === 'changed-extents' && (offset % this.bs !== 0 || ((offset + length) % this.bs !== 0 && offset + length !== this.size))) {
+      throw new InvalidInputError(`extent at ${offset} length ${length} is not aligned to sha blocks of ${this.bs} bytes`, { hint: 'expand dirty ranges with alignRangesToBlocks' });
+    }
+    this.cursor = offset + length;
+    if ('zero' in extent) {
+      if (this.mode === 'changed-extents') {
+        await this.flush();
+        const first = offset / this.bs;
+        const end = Math.ceil((offset + length) / this.bs);
+        await this.zeroBlocks(first, end);
+        this.nextBlock = end;
+      }
+      return; // full/compare: a zero range is just a gap
+    }
+    const data = extent.data;
+    if (data.length !== length) throw new InvalidInputError(`extent at ${offset} says length ${length} but carries ${data.length} bytes`);
+    this.bytesRead += length;
+    const whole = options.handOver ? this.wholeChunk(data) : undefined;
+    if (whole && await this.adopt(whole, offset, length)) return;
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const block = Math.floor(pos / this.bs);
+      let seg = this.seg;
+      if (seg) {
+        const filledEndBlock = Math.ceil(seg.filledEnd / this.bs);
+        if (block >= seg.startBlock + seg.capBlocks || block > filledEndBlock) {
+          await this.flush();
+          seg = null;
+        }
+      }
+      if (!seg) {
+        if (block > this.nextBlock && this.mode === 'compare') await this.zeroBlocks(this.nextBlock, block);
+        const capBlocks = Math.min(this.chunkBlocks, this.blocks - block);
+        const capBytes = Math.min(capBlocks * this.bs, this.size - block * this.bs);
+        seg = this.seg = { startBlock: block, capBlocks, buf: this.segmentBuffer(capBytes), filledEnd: block * this.bs };
+        this.nextBlock = block;
+      }
+      const segStart = seg.startBlock * this.bs;
+      const n = Math.min(end - pos, segStart + seg.buf.length - pos);
+      // The buffer is reused or uninitialised: a gap before this data reads as zeros.
+      if (pos > seg.filledEnd) seg.buf.fill(0, seg.filledEnd - segStart, pos - segStart);
+      seg.buf.set(data.subarray(pos - offset, pos - offset + n), pos - segStart);
+      seg.filledEnd = pos + n;
+      pos += n;
+      if (seg.filledEnd === segStart + seg.buf.length) await this.flush();
+    }
+    if (whole) this.keepSpare(whole);
+  }
+
+  /**
+   * A chunk-size buffer (contents undefined) to read the next data into, then to pass to write() with `handOver`.
+   * Reuses the memory of stored segments. Never throws.
+   */
+  bufferForRead(): Buffer {
+    return this.spare.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize);
+  }
+
+  /** The whole chunk-size buffer under `data` when `data` starts it (a bufferForRead() buffer), else undefined. */
+  private wholeChunk(data: Uint8Array): Buffer | undefined {
+    const buffer = data.buffer;
+    if (!(buffer instanceof ArrayBuffer) || data.byteOffset !== 0 || buffer.byteLength !== this.chunkSize) return undefined;
+    return Buffer.from(buffer, 0, this.chunkSize);
+  }
+
+  /**
+   * Makes a handed-over buffer holding [offset, offset + length) the segment being filled, without copying: when the
+   * data starts a sha block and a whole chunk fits before the disk's end.
+   */
+  private async adopt(buf: Buffer, offset: number, length: number): Promise<boolean> {
+    if (offset % this.bs !== 0 || offset + this.chunkSize > this.size) return false;
+    const block = offset / this.bs;
+    // Extents ascend, so the open segment ends at or before `offset`: it is stored on its own (zeros to its block's end).
+    await this.flush();
+    if (block > this.nextBlock && this.mode === 'compare') await this.zeroBlocks(this.nextBlock, block);
+    this.seg = { startBlock: block, capBlocks: this.chunkBlocks, buf, filledEnd: offset + length };
+    this.nextBlock = block;
+    if (length === this.chunkSize) await this.flush();
+    return true;
+  }
+
+  /** Submits the segment being filled. */
+  private async flush(): Promise<void> {
+    const seg = this.seg;
+    if (!seg) return;
+    this.seg = null;
+    const blocks = Math.ceil(seg.filledEnd / this.bs) - seg.startBlock;
+    const bytes = Math.min(blocks * this.bs, seg.buf.length);
+    // Zeros after the data up to the end of its last block (the buffer is reused or uninitialised).
+    const filled = seg.filledEnd - seg.startBlock * this.bs;
+    if (filled < bytes) seg.buf.fill(0, filled, bytes);
+    this.nextBlock = seg.startBlock + blocks;
+    await this.submit(seg.startBlock, seg.buf, bytes);
+  }
+
+  /** A segment buffer of `bytes`, contents undefined: a spare one when full-size, else new (not zeroed: write() fills gaps). */
+  private segmentBuffer(bytes: number): Buffer {
+    if (bytes === this.chunkSize) {
+      const spare = this.spare.pop();
+      if (spare) return spare;
+    }
+    return Buffer.allocUnsafeSlow(bytes);
+  }
+
+  /** Keeps a full-size segment buffer handed back by a worker once nothing uses it any more. */
+  private recycle(input: Uint8Array | undefined): void {
+    if (!input || input.byteLength !== this.chunkSize || input.byteOffset !== 0 || input.buffer.byteLength !== this.chunkSize) return;
+    this.keepSpare(Buffer.from(input.buffer, 0, input.byteLength));
+  }
+
+  private keepSpare(buf: Buffer): void {
+    if (this.spare.length < this.queueDepth + 8 && this.state === 'open') this.spare.push(buf);
+  }
+
+  /** Stores zeros for blocks in [first, end) whose baseline is not zero (the disk now reads zeros there). */
+  private async zeroBlocks(first: number, end: number): Promise<void> {
+    let b = first;
+    while (b < end) {
+      b = this.digests.nextNonDefault(b, end);
+      if (b >= end) break;
+      const start = b;
+      while (b < end && !this.digests.isDefault(b) && b - start < this.chunkBlocks) b++;
+      const bytes = Math.min(b * this.bs, this.size) - start * this.bs;
+      await this.submit(start, Buffer.alloc(bytes));
+    }
+  }
+
+  private async acquireSlot(): Promise<void> {
+    while (this.inFlight >= this.queueDepth) {
+      await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
+      this.check();
+    }
+    this.inFlight += 1;
+  }
+
+  private releaseSlot(): void {
+    this.inFlight -= 1;
+    this.slotWaiters.shift()?.();
+  }
+
+  /** Sends a block-aligned segment to a worker; its objects are named and stored in submission order. */
+  private async submit(startBlock: number, data: Buffer, length = data.length): Promise<void> {
+    await this.acquireSlot();
+    this.check();
+    const blocks = Math.ceil(length / this.bs);
+    const baseline = this.digests.read(startBlock, blocks);
+    // The whole buffer moves to the worker (no copy) even when only its first `length` bytes are data.
+    const encoded = this.pool.run({
+      kind: 'encode', data, length, blockSize: this.bs, baseline, codec: this.codec, level: this.level, maxObjectBytes: this.chunkSize,
+    }, [...transferable(data), ...transferable(baseline)]);
+    encoded.catch(() => undefined);
+    this.tail = this.tail.then(async () => {
+      let result: EncodeResult;
+      try {
+        result = await encoded;
+      } catch (error) {
+        this.releaseSlot();
+        throw error;
+      }
+      if (this.state === 'aborted' || this.state === 'failed') { this.releaseSlot(); return; }
+      this.digests.write(startBlock, result.digests);
+      const puts: Promise<void>[] = [];
+      for (const obj of result.objects) {
+        const name = dataObjectName(this.prefix, this.entries.length + 1);
+        this.entries.push({ name, compression: obj.compression, length: obj.length, md5: obj.md5, offset: (startBlock + obj.block) * this.bs });
+        this.bytesChanged += obj.length;
+        this.bytesStored += obj.data.length;
+        puts.push(this.putLimited(name, obj.data));
+      }
+      // Every put of this segment is done (objects of codec none are views of it): its buffer can be reused.
+      void Promise.all(puts).then(() => { this.recycle(result.input); this.releaseSlot(); }, (error: unknown) => { this.releaseSlot(); this.fail(error); });
+    });
+    this.tail.catch((error: unknown) => this.fail(error));
+  }
+
+  private async putLimited(name: string, data: Uint8Array): Promise<void> {
+    while (this.putsRunning >= this.putConcurrency) await new Promise<void>((resolve) => this.putWaiters.push(resolve));
+    this.putsRunning += 1;
+    try {
+      if (this.state === 'aborted' || this.state === 'failed') return;
+      this.written.push(name);
+      // Durable bytes now, durable name at the container sync in finish() (before the _metadata).
+      await this.store.put(this.container, name, data, { signal: this.signal, deferContainerSync: true });
+    } finally {
+      this.putsRunning -= 1;
+      this.putWaiters.shift()?.();
+    }
+  }
+
+  private fail(error: unknown): void {
+    if (this.state === 'open' || this.state === 'finishing') {
+      this.state = 'failed';
+      this.failure = error;
+      log.debug({ backupId: this.backupId, err: error }, 'backup failed');
+      for (const w of this.slotWaiters.splice(0)) w();
+    }
+  }
+
+  private async drain(): Promise<void> {
+    await this.tail;
+    while (this.inFlight > 0 && this.state !== 'failed') {
+      await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
+    }
+    if (this.state === 'failed') throw this.failure;
+  }
+
+  /**
+   * Stores the last objects, the _sha256file, then the _metadata (the commit point), and closes the workers.
+   * Throws the pipeline's first failure (StoreError, …) or AbortedError; then no _metadata exists.
+   */
+  async finish(): Promise<BackupSummary> {
+    this.check();
+    try {
+      await this.prepare();
+      await this.flush();
+      if (this.mode === 'compare') await this.zeroBlocks(this.nextBlock, this.blocks);
+      this.state = 'finishing';
+      await this.drain();
+      this.checkFinishing();
+      const createdAt = pythonDatetimeString(this.created);
+      const o = this.options;
+      const header = {
+        backup_description: o.description ?? null, backup_id: this.backupId, backup_name: o.name ?? null,
+        created_at: createdAt, volume_id: o.volumeId,
+      };
+      await this.store.put(this.container, sha256FileName(this.prefix),
+        sha256FileStream({ ...header, chunk_size: this.bs, version: FORMAT_VERSION }, this.digests), { signal: this.signal, deferContainerSync: true });
+      this.written.push(sha256FileName(this.prefix));
+      // Durability before the commit point: every data object and the _sha256file were fsynced (file data) before
+      // its put resolved, and drain() awaited every put; their names (renames into the container) become durable
+      // with this one directory fsync, awaited before the _metadata is written. A crash before it leaves no
+      // _metadata, so no backup lists an object that might be missing.
+      await this.store.syncContainer?.(this.container, { signal: this.signal });
+      const fleece: FleeceExtra = {
+        fleece_version: FLEECE_VERSION,
+        ...(o.groupId !== undefined ? { group_id: o.groupId } : {}),
+        ...(o.vm !== undefined ? { vm: o.vm } : {}),
+        ...(o.disk !== undefined ? { disk: o.disk } : {}),
+        ...(o.checkpoint !== undefined ? { checkpoint: o.checkpoint } : {}),
+        ...(o.incrementalFrom !== undefined ? { incremental_from: o.incrementalFrom } : {}),
+        virtual_size: this.size, sha_block_size: this.bs, chunk_size: this.chunkSize, mode: this.mode,
+        bytes_read: this.bytesRead, bytes_stored: this.bytesStored,
+      };
+      const meta: BackupMetadata = {
+        ...header, extra_metadata: { fleece }, objects: this.entries, parent_id: o.parent?.backupId ?? null,
+        version: FORMAT_VERSION, volume_meta: o.volumeMeta ?? null,
+      };
+      this.checkFinishing();
+      const pieces = async function* () { yield* serializeMetadataPieces(meta); };
+      await this.store.put(this.container, metadataName(this.prefix), pieces(), { signal: this.signal });
+      this.state = 'done';
+      o.onCommit?.(meta);
+      log.debug({ backupId: this.backupId, objects: this.entries.length }, 'backup committed');
+      return {
+        backupId: this.backupId, container: this.container, prefix: this.prefix, parentId: meta.parent_id,
+        bytesRead: this.bytesRead, bytesChanged: this.bytesChanged, bytesStored: this.bytesStored,
+        objects: this.entries.length, durationMs: Date.now() - this.started,
+      };
+    } catch (error) {
+      this.fail(error);
+      await this.cleanup();
+      if (this.state === 'aborted') throw new AbortedError(`backup ${this.backupId} was aborted`, { cause: error });
+      throw error;
+    } finally {
+      this.signal?.removeEventListener('abort', this.onAbort);
+      await this.pool.close();
+      this.digests.close();
+    }
+  }
+
+  private checkFinishing(): void {
+    throwIfAborted(this.signal, `backup ${this.backupId}`);
+    if (this.state !== 'finishing') throw new AbortedError(`backup ${this.backupId} was aborted`, { cause: this.failure });
+  }
+
+  /** Best effort: removes the objects this backup wrote (gc would find them otherwise). Never throws. */
+  private async cleanup(): Promise<void> {
+    await this.tail.catch(() => undefined);
+    while (this.putsRunning > 0) await new Promise<void>((resolve) => this.putWaiters.push(resolve));
+    for (const name of this.written.splice(0)) {
+      await this.store.delete(this.container, name).catch(() => undefined);
+    }
+  }
+
+  /** Stops the backup: no _metadata is written, objects written so far are removed (best effort). Never throws. */
+  async abort(reason?: unknown): Promise<void> {
+    if (this.state === 'done' || this.state === 'aborted') return;
+    const wasFinishing = this.state === 'finishing';
+    this.state = 'aborted';
+    this.failure = reason;
+    for (const w of this.slotWaiters.splice(0)) w();
+    this.signal?.removeEventListener('abort', this.onAbort);
+    if (!wasFinishing) {
+      await this.pool.close();
+      await this.cleanup();
+      this.digests.close();
+    }
+  }
+}

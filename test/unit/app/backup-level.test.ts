@@ -1,0 +1,101 @@
+// chooseBackupLevel: incremental since the newest valid checkpoint with a complete backup of every disk, else full with the reason.
+import { describe, expect, test } from '@jest/globals';
+import { chooseBackupLevel, type LevelInput } from '../../../src/app/backup-level.js';
+import type { CheckpointCheck } from '../../../src/checkpoint/manager.js';
+import type { Checkpoint } from '../../../src/checkpoint/model.js';
+import type { BackupRecord } from '../../../src/repository/index.js';
+import { ConflictError } from '../../../src/util/errors.js';
+
+const MiB = 1024 * 1024;
+const disks = [{ target: 'vda', virtualSize: 16 * MiB, format: 'qcow2' }, { target: 'vdb', virtualSize: 8 * MiB, format: 'qcow2' }];
+
+function cp(name: string, time: number, targets = ['vda', 'vdb']): Checkpoint {
+  return { name, creationTime: time, disks: targets.map((t) => ({ name: t, checkpoint: 'bitmap' as const })) };
+}
+function ok(name: string, targets = ['vda', 'vdb']): CheckpointCheck {
+  return { name, valid: true, disks: targets.map((disk) => ({ checkpoint: name, disk, bitmap: name, state: 'ok' as const })) };
+}
+function rec(id: string, disk: string, checkpoint: string, createdAt: string, size = disk === 'vda' ? 16 * MiB : 8 * MiB): BackupRecord {
+  return {
+    backupId: id, volumeId: `vol-${disk}`, parentId: null, container: 'c', prefix: 'p', createdAt, name: null, vm: 'vm1', disk,
+    checkpoint, size, shaBlockSize: 32768, dataBytes: 0, objects: 0, fleece: true,
+  };
+}
+const base = (over: Partial<LevelInput>): LevelInput => ({ vm: 'vm1', requested: 'auto', disks, checkpoints: [], checks: [], records: [], ...over });
+
+describe('chooseBackupLevel', () => {
+  test('--full wins; an empty repository gives full with the reason', () => {
+    expect(chooseBackupLevel(base({ requested: 'full' }))).toEqual({ level: 'full', reason: '--full was given' });
+    expect(chooseBackupLevel(base({}))).toEqual({ level: 'full', reason: "this repository has no backup of VM 'vm1' yet" });
+  });
+
+  test('incremental since the newest checkpoint with a complete backup of every disk; parents per disk', () => {
+    const records = [
+      rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00'), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00'),
+      rec('a2', 'vda', 'cp2', '2025-01-02 00:00:00'), rec('b2', 'vdb', 'cp2', '2025-01-02 00:00:00'),
+    ];
+    const d = chooseBackupLevel(base({ checkpoints: [cp('cp1', 1), cp('cp2', 2)], checks: [ok('cp1'), ok('cp2')], records }));
+    expect(d.level).toBe('incremental');
+    if (d.level !== 'incremental') return;
+    expect(d.checkpoint).toBe('cp2');
+    expect(d.parents.vda!.backupId).toBe('a2');
+    expect(d.parents.vdb!.backupId).toBe('b2');
+    expect(d.reason).toBe('incremental since checkpoint cp2, the newest valid checkpoint with a complete backup in this repository');
+  });
+
+  test('skips a newer checkpoint that lacks a disk backup or is invalid, and says so', () => {
+    const records = [
+      rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00'), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00'),
+      rec('a2', 'vda', 'cp2', '2025-01-02 00:00:00'), // vdb of cp2 never completed
+      rec('a3', 'vda', 'cp3', '2025-01-03 00:00:00'), rec('b3', 'vdb', 'cp3', '2025-01-03 00:00:00'),
+    ];
+    const bad: CheckpointCheck = { name: 'cp3', valid: false, disks: [
+      { checkpoint: 'cp3', disk: 'vda', bitmap: 'cp3', state: 'ok' },
+      { checkpoint: 'cp3', disk: 'vdb', bitmap: 'cp3', state: 'inconsistent' },
+    ] };
+    const d = chooseBackupLevel(base({ checkpoints: [cp('cp1', 1), cp('cp2', 2), cp('cp3', 3)], checks: [ok('cp1'), ok('cp2'), bad], records }));
+    expect(d.level).toBe('incremental');
+    if (d.level !== 'incremental') return;
+    expect(d.checkpoint).toBe('cp1');
+    expect(d.reason).toContain('checkpoint cp3 is not valid (disk vdb: bitmap cp3 inconsistent)');
+    expect(d.reason).toContain('checkpoint cp2 has no complete backup of disk vdb in this repository');
+  });
+
+  test('a deleted checkpoint gives full, naming it; a forced incremental then throws the reason', () => {
+    const records = [rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00'), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00')];
+    const input = base({ records });
+    expect(chooseBackupLevel(input)).toEqual({
+      level: 'full', reason: "checkpoint cp1, where the newest backup in this repository (b1) ended, no longer exists in VM 'vm1'",
+    });
+    expect(() => chooseBackupLevel({ ...input, requested: 'incremental' })).toThrow(ConflictError);
+    expect(() => chooseBackupLevel({ ...input, requested: 'incremental' })).toThrow(/cannot take an incremental backup of VM 'vm1': checkpoint cp1.*no longer exists.*run without --incremental/);
+  });
+
+  test('full when a disk was resized, is not covered by the checkpoint, or is raw', () => {
+    const records = [rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00', 8 * MiB), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00')];
+    expect(chooseBackupLevel(base({ checkpoints: [cp('cp1', 1)], checks: [ok('cp1')], records })).reason)
+      .toBe(`disk vda (${8 * MiB} → ${16 * MiB} bytes) changed size since checkpoint cp1`);
+    expect(chooseBackupLevel(base({ checkpoints: [cp('cp1', 1, ['vda'])], checks: [ok('cp1', ['vda'])], records })).reason)
+      .toBe('checkpoint cp1 has no bitmap for disk vdb');
+    expect(chooseBackupLevel(base({ disks: [{ target: 'hda', virtualSize: MiB, format: 'raw' }] })).reason)
+      .toBe('disk hda (raw) cannot hold checkpoint bitmaps (only qcow2 can)');
+  });
+
+  test('backing up one disk only needs that disk covered; other VMs\' backups do not count', () => {
+    const records = [rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00'), { ...rec('x1', 'vdb', 'cp1', '2025-01-01 00:00:00'), vm: 'other' }];
+    const d = chooseBackupLevel(base({ disks: [disks[0]!], checkpoints: [cp('cp1', 1)], checks: [ok('cp1')], records }));
+    expect(d.level).toBe('incremental');
+    const both = chooseBackupLevel(base({ checkpoints: [cp('cp1', 1)], checks: [ok('cp1')], records }));
+    expect(both).toEqual({ level: 'full', reason: 'checkpoint cp1 has no complete backup of disk vdb in this repository' });
+  });
+});
+
+test('checkpoints made in the same second are ordered by their backups', () => {
+  const records = [
+    rec('a1', 'vda', 'cpA', '2025-01-01 00:00:00.100000'), rec('a2', 'vda', 'cpB', '2025-01-01 00:00:00.900000'),
+  ];
+  const d = chooseBackupLevel(base({ disks: [disks[0]!], checkpoints: [cp('cpB', 5, ['vda']), cp('cpA', 5, ['vda'])], checks: [ok('cpA', ['vda']), ok('cpB', ['vda'])], records }));
+  expect(d.level === 'incremental' && d.checkpoint).toBe('cpB');
+  const reversed = chooseBackupLevel(base({ disks: [disks[0]!], checkpoints: [cp('cpA', 5, ['vda']), cp('cpB', 5, ['vda'])], checks: [ok('cpA', ['vda']), ok('cpB', ['vda'])], records }));
+  expect(reversed.level === 'incremental' && reversed.checkpoint).toBe('cpB');
+});

@@ -1,0 +1,49 @@
+// Writer lifecycle: abort leaves no _metadata and removes objects; extents out of order are refused; the JSON writer matches Python's.
+import { MemoryObjectStore } from '../../../src/repository/store/memory-store.js';
+import { openRepository } from '../../../src/repository/repository.js';
+import { pythonJsonDumps } from '../../../src/repository/format/python-json.js';
+import { pythonDatetimeString, objectPrefix, containerFor } from '../../../src/repository/format/naming.js';
+import { mixedDisk, wholeDisk } from './disk-images.js';
+
+it('abort leaves no _metadata, removes written objects, and later calls fail', async () => {
+  const store = new MemoryObjectStore();
+  const repo = await openRepository(store);
+  const size = 4 << 20;
+  const w = await repo.startBackup({ volumeId: 'v', size, chunkSize: 256 * 1024, workers: 1, compression: 'none' });
+  const extents = wholeDisk(mixedDisk(size, 4), 512 * 1024);
+  for (const e of extents.slice(0, 4)) await w.write(e);
+  await w.abort(new Error('user cancelled'));
+  expect(await store.list(w.container)).toEqual([]);
+  expect(await repo.list()).toEqual([]);
+  await expect(w.write(extents[4]!)).rejects.toThrow(/aborted/);
+  await expect(w.finish()).rejects.toThrow(/aborted/);
+});
+
+it('an AbortSignal aborts a running backup', async () => {
+  const store = new MemoryObjectStore();
+  const repo = await openRepository(store);
+  const ac = new AbortController();
+  const w = await repo.startBackup({ volumeId: 'v', size: 1 << 20, workers: 1, signal: ac.signal });
+  await w.write({ offset: 0, length: 4096, data: Buffer.alloc(4096, 1) });
+  ac.abort();
+  await expect(w.finish()).rejects.toThrow(/aborted/);
+  expect(await repo.list()).toEqual([]);
+});
+
+it('refuses extents out of order or outside the disk', async () => {
+  const repo = await openRepository(new MemoryObjectStore());
+  const w = await repo.startBackup({ volumeId: 'v', size: 1 << 20, workers: 1 });
+  await w.write({ offset: 8192, length: 10, data: Buffer.alloc(10, 1) });
+  await expect(w.write({ offset: 0, length: 10, data: Buffer.alloc(10, 1) })).rejects.toThrow(/ascending/);
+  await expect(w.write({ offset: (1 << 20) - 5, length: 10, data: Buffer.alloc(10, 1) })).rejects.toThrow(/outside the disk/);
+  await w.abort();
+});
+
+it('writes JSON and names as Python and Cinder do', () => {
+  expect(pythonJsonDumps({ b: [1, { z: null, a: 'é"\n' }], a: [], c: {} }))
+    .toBe('{\n  "a": [],\n  "b": [\n    1,\n    {\n      "a": "\\u00e9\\"\\n",\n      "z": null\n    }\n  ],\n  "c": {}\n}');
+  expect(pythonDatetimeString(new Date(Date.UTC(2026, 10, 23, 4, 10, 0, 123)))).toBe('2026-11-23 04:10:00.123000');
+  expect(pythonDatetimeString(new Date(Date.UTC(2026, 10, 23, 4, 10, 0, 0)))).toBe('2026-11-23 04:10:00');
+  expect(objectPrefix('vol-1', new Date(Date.UTC(2026, 0, 2, 3, 4, 5)), 'abcd-ef')).toBe('volume_vol-1_20260102030405_backup_abcd-ef');
+  expect(containerFor('abcdef12-0000')).toBe('ab/cd/abcdef12-0000');
+});
