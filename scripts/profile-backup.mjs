@@ -39,10 +39,17 @@ function timed(cmd, args, env) {
       const seconds = (performance.now() - t0) / 1000;
       if (code !== 0) return reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err.slice(-2000)}`));
       const rss = Number(/Maximum resident set size \(kbytes\): (\d+)/.exec(err)?.[1] ?? 0) * 1024;
-      const cpu = Number(/User time \(seconds\): ([\d.]+)/.exec(err)?.[1] ?? 0) + Number(/System time \(seconds\): ([\d.]+)/.exec(err)?.[1] ?? 0);
-      resolve({ seconds, rss, out, cpu });
+      const user = Number(/User time \(seconds\): ([\d.]+)/.exec(err)?.[1] ?? 0);
+      const sys = Number(/System time \(seconds\): ([\d.]+)/.exec(err)?.[1] ?? 0);
+      resolve({ seconds, rss, out, cpu: user + sys, user, sys });
     });
   });
+}
+
+/** CPU seconds (user + system) a process has used so far. */
+function cpuOf(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 async function e2e() {
@@ -65,12 +72,13 @@ async function e2e() {
     for (const [i, [label, extra, cli]] of runs.entries()) {
       const repo = join(work, 'repo');
       const prof = process.env.FLEECE_PROF_CPU === '1' ? ['--cpu-prof', '--cpu-prof-dir', join(dir, `prof-${i}-${label.split(' ')[0]}`)] : [];
+      const q0 = cpuOf(qemu.pid);
       const r = await timed('node', [...prof, cli, 'backup', 'prof', '--qmp', qemu.extraQmpPaths[0], '--repo', repo,
         '--state-dir', join(work, `state-${i}`), '--json', '--full', ...extra], { ...process.env, FLEECE_RUN_DIR: join(work, 'run') });
       const rep = JSON.parse(r.out);
       log(`e2e full ${label}: ${(rep.bytesRead / MiB).toFixed(0)} MiB in ${r.seconds.toFixed(2)} s = ${(rep.bytesRead / MiB / r.seconds).toFixed(0)} MiB/s, `
         + `stored ${(rep.bytesStored / MiB).toFixed(0)} MiB, peak RSS ${(r.rss / MiB).toFixed(0)} MiB, CPU ${r.cpu.toFixed(2)} s `
-        + `(${(r.cpu / (rep.bytesRead / 1024 ** 3)).toFixed(2)} core-s/GiB)`);
+        + `(user ${r.user.toFixed(2)} sys ${r.sys.toFixed(2)}; ${(r.cpu / (rep.bytesRead / 1024 ** 3)).toFixed(2)} core-s/GiB), QEMU CPU ${(cpuOf(qemu.pid) - q0).toFixed(2)} s`);
       await rm(repo, { recursive: true, force: true });
     }
   } finally {

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // The fleece CLI entry point: builds the program, turns SIGINT/SIGTERM into an abort (cleanup runs), maps errors to exit codes.
+import '../util/threadpool-size.js';
 import { setMaxListeners } from 'node:events';
 import { buildProgram } from './program.js';
 import { EXIT_INTERRUPTED } from './exit-codes.js';

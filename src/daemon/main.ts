@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // fleeced: the fleece host daemon's command line (flags, configuration file, logging, signals).
+import '../util/threadpool-size.js';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';

@@ -14,6 +14,11 @@ objectStoreContract('posix', async () => {
   return { store: new FsObjectStore(dir), cleanup: () => removeTempDir(dir) };
 });
 
+objectStoreContract('posix, buffered (no O_DIRECT)', async () => {
+  const dir = await makeTempDir('store');
+  return { store: new FsObjectStore(dir, { directIo: false }), cleanup: () => removeTempDir(dir) };
+});
+
 describe('posix store specifics', () => {
   it('an unwritable directory fails with StoreError naming the object and the repository', async () => {
     if (process.getuid?.() === 0) {

@@ -45,7 +45,9 @@ export class WorkerPool {
   private closed = false;
 
   constructor(readonly size = defaultWorkerCount()) {
-    const workerData = { zstdPath: require.resolve('zstd-napi'), bunzipPath: require.resolve('seek-bzip') };
+    const workerData = {
+      zstdPath: require.resolve('zstd-napi'), zstdBindingPath: require.resolve('zstd-napi/binding'), bunzipPath: require.resolve('seek-bzip'),
+    };
     for (let i = 0; i < size; i++) {
       const worker = new Worker(WORKER_SOURCE, { eval: true, workerData });
       worker.on('message', (msg: { id: number; ok: boolean; result?: unknown; error?: string }) => {
