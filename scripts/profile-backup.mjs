@@ -24,7 +24,7 @@ async function disk() {
     const d = await createMixedDisk(path, { size: parseSize(sizeText, 'FLEECE_PROF_SIZE') });
     (await import('node:fs')).writeFileSync(meta, JSON.stringify({ allocated: d.allocated }));
   }
-  return { path, ...JSON.parse(readFileSync(meta, 'utf8')) };
+  return { path, size: parseSize(sizeText, 'FLEECE_PROF_SIZE'), ...JSON.parse(readFileSync(meta, 'utf8')) };
 }
 
 function timed(cmd, args, env) {
@@ -79,6 +79,14 @@ async function e2e() {
       log(`e2e full ${label}: ${(rep.bytesRead / MiB).toFixed(0)} MiB in ${r.seconds.toFixed(2)} s = ${(rep.bytesRead / MiB / r.seconds).toFixed(0)} MiB/s, `
         + `stored ${(rep.bytesStored / MiB).toFixed(0)} MiB, peak RSS ${(r.rss / MiB).toFixed(0)} MiB, CPU ${r.cpu.toFixed(2)} s `
         + `(user ${r.user.toFixed(2)} sys ${r.sys.toFixed(2)}; ${(r.cpu / (rep.bytesRead / 1024 ** 3)).toFixed(2)} core-s/GiB), QEMU CPU ${(cpuOf(qemu.pid) - q0).toFixed(2)} s`);
+      if (process.env.FLEECE_PROF_RESTORE === '1') {
+        const out = join(work, 'restored.raw');
+        const backup = rep.disks[0].backupId;
+        const rr = await timed('node', [cli, 'restore', '--repo', repo, '--backup', backup, '--out', out, '--json'], process.env);
+        log(`  restore ${label}: ${(d.size / MiB).toFixed(0)} MiB virtual in ${rr.seconds.toFixed(2)} s = ${(d.size / MiB / rr.seconds).toFixed(0)} MiB/s, `
+          + `peak RSS ${(rr.rss / MiB).toFixed(0)} MiB, CPU user ${rr.user.toFixed(2)} sys ${rr.sys.toFixed(2)}`);
+        await rm(out, { force: true });
+      }
       await rm(repo, { recursive: true, force: true });
     }
   } finally {

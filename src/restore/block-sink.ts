@@ -14,7 +14,8 @@ export interface BlockSink {
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Makes a range read as zeros (punch a hole or write zeros). */
   zeroRange(offset: number, length: number): Promise<void>;
-  read?(offset: number, length: number): Promise<Buffer>;
+  /** `into`: a buffer of at least `length` bytes to read into (its start is returned), else a new one. */
+  read?(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   flush(): Promise<void>;
   close(): Promise<void>;
 }

@@ -37,10 +37,10 @@ class FileSink implements BlockSink {
     }
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.alloc(length);
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafeSlow(length);
+    let done = 0;
     try {
-      let done = 0;
       while (done < length) {
         const { bytesRead } = await this.handle.read(buf, done, length - done, offset + done);
         if (bytesRead === 0) break;
@@ -49,6 +49,7 @@ class FileSink implements BlockSink {
     } catch (error) {
       this.fail('read', error);
     }
+    if (done < length) buf.fill(0, done); // past the end of a shorter file: what the disk would read
     return buf;
   }
 

@@ -27,6 +27,13 @@ export interface DecodeTask { kind: 'decode'; data: Uint8Array; compression: Com
 export interface DecodeResult { data?: Uint8Array; digests?: Uint8Array | null; error?: string; found?: string }
 
 export interface HashTask { kind: 'hash'; data: Uint8Array; blockSize: number }
+/** A hash task's reply when its data was transferred whole: the digests and the data's buffer handed back. */
+export interface HashResult { digests: Uint8Array; input: Uint8Array }
+
+/** The digests of a hash task's reply, and the buffer handed back if any. */
+export function hashReply(reply: Uint8Array | HashResult): HashResult | { digests: Uint8Array; input?: undefined } {
+  return reply instanceof Uint8Array ? { digests: reply } : reply;
+}
 
 type Task = EncodeTask | DecodeTask | HashTask;
 interface Pending { resolve: (v: unknown) => void; reject: (e: Error) => void }
@@ -75,7 +82,7 @@ export class WorkerPool {
 
   run(task: EncodeTask, transfer?: ArrayBuffer[]): Promise<EncodeResult>;
   run(task: DecodeTask, transfer?: ArrayBuffer[]): Promise<DecodeResult>;
-  run(task: HashTask, transfer?: ArrayBuffer[]): Promise<Uint8Array>;
+  run(task: HashTask, transfer?: ArrayBuffer[]): Promise<Uint8Array | HashResult>;
   /** Queues a task on the least-loaded worker. Rejects with FleeceError('INTERNAL') when the worker fails or the pool closes. */
   run(task: Task, transfer: ArrayBuffer[] = []): Promise<unknown> {
     if (this.closed) return Promise.reject(new FleeceError('INTERNAL', 'the repository worker pool is closed'));

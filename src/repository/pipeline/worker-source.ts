@@ -5,7 +5,8 @@
  * - encode: hash each sha block of a segment, compare with the baseline digests, and for each run of changed
  *   blocks (cut at maxObjectBytes) compute md5 and compress; raw when compression does not make it smaller.
  * - decode: decompress one object, check its length and md5.
- * - hash: sha256 of each block of a buffer.
+ * - hash: sha256 of each block of a buffer; replies the digests, or { digests, input } with the buffer handed back
+ *   when it was transferred whole.
  * workerData: { zstdPath, zstdBindingPath, bunzipPath }.
  */
 export const WORKER_SOURCE = String.raw`
@@ -132,10 +133,19 @@ function hash(t) {
 parentPort.on('message', (msg) => {
   try {
     const t = msg.task;
-    const result = t.kind === 'encode' ? encode(t) : t.kind === 'decode' ? decode(t) : hash(t);
+    let result = t.kind === 'encode' ? encode(t) : t.kind === 'decode' ? decode(t) : hash(t);
     const transfer = t.kind === 'encode' && t.data.byteOffset === 0 && t.data.byteLength === t.data.buffer.byteLength ? [t.data.buffer] : [];
     // The segment goes back whole, so that the writer can reuse its memory once the objects are stored.
     if (transfer.length > 0) result.input = t.data;
+    // The hashed buffer goes back too, for reuse by the next read.
+    if (t.kind === 'hash' && t.data.byteOffset === 0 && t.data.byteLength === t.data.buffer.byteLength) {
+      result = { digests: result, input: t.data };
+      transfer.push(t.data.buffer);
+    }
+    // Decoded data that owns its memory moves to the main thread instead of being copied.
+    if (t.kind === 'decode' && result.data && result.data.byteOffset === 0 && result.data.byteLength === result.data.buffer.byteLength) {
+      transfer.push(result.data.buffer);
+    }
     // Compressed objects that own their memory move to the main thread instead of being copied.
     if (t.kind === 'encode') {
       for (const o of result.objects) {

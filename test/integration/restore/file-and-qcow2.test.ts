@@ -42,3 +42,45 @@ it('restores into an existing file full of garbage and into a qcow2 image, byte-
   execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', qcow2, join(dir, 'back.raw')]);
   expect(sha(await readFile(join(dir, 'back.raw')))).toBe(sha(disk));
 });
+
+it('the final re-hash reuses its read buffers and still names the first differing block of a later piece', async () => {
+  const MiB = 1024 * 1024;
+  const size = 22 * MiB + 4096; // six 4 MiB pieces and a short one: buffers come back from the workers and are reused
+  const disk = mixedDisk(size, 78);
+  const repo = await openRepository(join(dir, 'repo'));
+  const w = await repo.startBackup({ volumeId: 'v', size, workers: 2 });
+  for (const e of allocatedExtents(disk)) await w.write(e);
+  const { backupId } = await w.finish();
+
+  const target = join(dir, 'existing.raw');
+  await writeFile(target, randomBytes(size));
+  const ok = await openExistingSink(target, size);
+  try {
+    expect((await restoreBackup(repo, backupId, ok, { workers: 2 })).verified).toBe(true);
+  } finally {
+    await ok.close();
+  }
+  expect(sha(await readFile(target))).toBe(sha(disk));
+
+  // The target as read back differs in one byte of block 500 (offset 16 MiB + 65 KiB … in the fifth piece).
+  const badOffset = 500 * 32768 + 1234;
+  const inner = await openExistingSink(target, size);
+  const given: boolean[] = [];
+  const flaky = Object.assign(Object.create(Object.getPrototypeOf(inner) as object) as typeof inner, inner, {
+    read: async (offset: number, length: number, into?: Buffer) => {
+      const data = await inner.read!(offset, length, into);
+      given.push(into !== undefined);
+      if (badOffset >= offset && badOffset < offset + length) data[badOffset - offset] ^= 0xff;
+      return data;
+    },
+  });
+  try {
+    const error = await restoreBackup(repo, backupId, flaky, { workers: 2 }).catch((e: unknown) => e);
+    expect((error as Error).message).toMatch(/differs from .*_sha256file at block 500 \(offset 16384000\)/);
+  } finally {
+    await inner.close();
+  }
+  // The first reads get new memory; later ones read into buffers the workers handed back.
+  expect(given[0]).toBe(false);
+  expect(given.filter(Boolean).length).toBeGreaterThan(0);
+});
