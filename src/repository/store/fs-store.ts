@@ -3,7 +3,7 @@ import { open, readFile, readdir, rename, stat, unlink, mkdir, rmdir } from 'nod
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fsyncDirectory } from '../../util/atomic-file.js';
-import { AlignedBufferPool, DirectIoUnsupported, writeFileDirect } from './direct-write.js';
+import { AlignedBufferPool, DirectIoUnsupported, readFileDirect, writeFileDirect } from './direct-io.js';
 import { throwIfAborted } from '../../util/errors.js';
 import { getLogger } from '../../util/logger.js';
 import {
@@ -28,8 +28,8 @@ const DIRECT_SLOT_BYTES = 4 * 1024 * 1024;
 
 export interface FsObjectStoreOptions {
   /**
-   * Write data objects with O_DIRECT, bypassing the page cache (default true): no kernel copy of every byte and no
-   * eviction of the guests' cache on the host. Falls back to buffered writes by itself where the file system
+   * Write and read data objects with O_DIRECT, bypassing the page cache (default true): no kernel copy of every byte
+   * and no eviction of the guests' cache on the host. Falls back to buffered writes by itself where the file system
    * refuses O_DIRECT (tmpfs, some network file systems).
    */
   directIo?: boolean;
@@ -70,7 +70,7 @@ export class FsObjectStore implements ObjectStore {
       } catch (error) {
         if (!(error instanceof DirectIoUnsupported)) throw error;
         this.direct = false;
-        log.info({ root: this.root }, 'the repository file system refuses O_DIRECT: writing through the page cache');
+        log.info({ root: this.root, reason: error.message }, 'O_DIRECT does not work on the repository file system: using the page cache');
       }
     }
     // The container usually exists (many objects per container): create it only when the open says it is missing.
@@ -140,6 +140,18 @@ export class FsObjectStore implements ObjectStore {
 
   async get(container: string, name: string, options: StoreCallOptions = {}): Promise<Buffer> {
     checkObjectPath(this.root, container, name);
+    if (this.direct) {
+      throwIfAborted(options.signal, `reading ${container}/${name}`);
+      this.pool ??= new AlignedBufferPool(DIRECT_SLOTS, DIRECT_SLOT_BYTES);
+      try {
+        return await readFileDirect(join(this.root, container, name), this.pool);
+      } catch (error) {
+        if (errnoOf(error) === 'ENOENT') throw new ObjectNotFoundError(this.root, container, name, { cause: error });
+        if (!(error instanceof DirectIoUnsupported)) this.fail('read', container, name, error);
+        this.direct = false;
+        log.info({ root: this.root, reason: error.message }, 'O_DIRECT does not work on the repository file system: using the page cache');
+      }
+    }
     try {
       return await readFile(join(this.root, container, name), { signal: options.signal });
     } catch (error) {

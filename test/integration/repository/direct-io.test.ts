@@ -1,12 +1,12 @@
 // FsObjectStore writes data objects with O_DIRECT through aligned staging buffers, and falls back to the page cache
 // where the file system refuses O_DIRECT. Real files, real file systems (the temp dir's, and tmpfs when present).
 import { constants } from 'node:fs';
-import { open, readdir, stat } from 'node:fs/promises';
+import { open, readdir, stat, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { makeTempDir, removeTempDir } from '../../harness/temp-dir.js';
 import { FsObjectStore } from '../../../src/repository/store/fs-store.js';
-import { AlignedBufferPool, DIRECT_ALIGN, DirectIoUnsupported, writeFileDirect } from '../../../src/repository/store/direct-write.js';
+import { AlignedBufferPool, DIRECT_ALIGN, DirectIoUnsupported, readFileDirect, writeFileDirect } from '../../../src/repository/store/direct-io.js';
 
 const MiB = 1024 * 1024;
 
@@ -58,6 +58,19 @@ describe('O_DIRECT object writes', () => {
     }
     expect(store.directIo).toBe(direct);
     expect((await readdir(join(dir, 'c/d'))).sort()).toEqual(sizes.map((_, i) => `o${i}`).sort());
+  });
+
+  test('readFileDirect reads what a buffered write just left in the page cache, at any length', async () => {
+    const pool = new AlignedBufferPool(1, MiB);
+    for (const n of [0, 1, DIRECT_ALIGN, DIRECT_ALIGN + 1, MiB, 3 * MiB + 17]) {
+      const data = randomBytes(n);
+      const path = join(dir, `f${n}`);
+      await writeFile(path, data); // dirty pages: the direct read must see them
+      const back = await readFileDirect(path, pool);
+      expect(back.length).toBe(n);
+      expect(back.equals(data)).toBe(true);
+    }
+    await expect(readFileDirect(join(dir, 'missing'), pool)).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   test('writeFileDirect refuses to replace an existing file', async () => {

@@ -1,11 +1,13 @@
-// Writing objects with O_DIRECT: the bytes go from a page-aligned staging buffer to the device, not through the page cache.
+// Objects written and read with O_DIRECT: the bytes move between a page-aligned staging buffer and the device, not
+// through the page cache.
 //
 // Why: a backup writes gigabytes that nobody reads again soon. Through the page cache every byte is copied once more
 // by the kernel and evicts the guests' cached data on the hypervisor host; measured here (2 GiB of 4 MiB objects,
 // each fsynced) that copy cost 1.2–5.6 s of system CPU, against 0.15 s with O_DIRECT, at the same or better wall time.
 // O_DIRECT needs the memory address, the length and the file offset aligned to the device's logical block size:
 // data is copied into staging buffers carved from a WebAssembly.Memory (page-aligned by construction), the last
-// block padded with zeros and the file truncated to its real length afterwards.
+// block padded with zeros and the file truncated to its real length afterwards. Reads (restore, verify) stage the same
+// way: a restore reads every object once, and through the page cache each read cost as much system CPU again.
 import { constants } from 'node:fs';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 
@@ -95,5 +97,49 @@ export async function writeFileDirect(path: string, data: Uint8Array, pool: Alig
   } finally {
     await handle.close();
     if (unsupported) await unlink(path).catch(() => undefined);
+  }
+}
+
+/**
+ * Reads the whole file at `path` with O_DIRECT through `pool`.
+ * @throws DirectIoUnsupported when the file system refuses O_DIRECT or a read comes back misaligned (read it
+ *   through the page cache instead); the errno error otherwise (ENOENT when missing).
+ */
+export async function readFileDirect(path: string, pool: AlignedBufferPool): Promise<Buffer> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, constants.O_RDONLY | constants.O_DIRECT);
+  } catch (error) {
+    if (isEinval(error)) throw new DirectIoUnsupported('O_DIRECT refused at open', { cause: error });
+    throw error;
+  }
+  try {
+    const size = (await handle.stat()).size;
+    const out = Buffer.allocUnsafeSlow(size);
+    const slot = await pool.acquire();
+    let done = 0;
+    try {
+      while (done < size) {
+        const want = Math.min(slot.length, roundUp(size - done, DIRECT_ALIGN));
+        let got: number;
+        try {
+          ({ bytesRead: got } = await handle.read(slot, 0, want, done));
+        } catch (error) {
+          if (isEinval(error)) throw new DirectIoUnsupported('O_DIRECT refused at read', { cause: error });
+          throw error;
+        }
+        if (got === 0) break; // the file shrank since fstat
+        const n = Math.min(got, size - done);
+        slot.copy(out, done, 0, n);
+        done += n;
+        // Only the end of the file may come back short; anything else would leave the next offset misaligned.
+        if (n % DIRECT_ALIGN !== 0 && done < size) throw new DirectIoUnsupported(`short O_DIRECT read of ${got} bytes at ${done - n}`);
+      }
+    } finally {
+      pool.release(slot);
+    }
+    return done === size ? out : out.subarray(0, done);
+  } finally {
+    await handle.close();
   }
 }
