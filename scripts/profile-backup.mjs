@@ -3,7 +3,8 @@
 // export: readExtents (and nbdcopy) on a real fleecing export (startPullBackup); e2e: the CLI (full, none and zstd) as a
 // child process under /usr/bin/time -v against a throwaway QEMU, on a cached mixed qcow2 (FLEECE_PROF_SIZE, default 2G).
 // Env: FLEECE_PROF_DIR (cache, default /var/tmp/fleece-prof), FLEECE_PROF_CPU=1 (node --cpu-prof into that dir),
-// FLEECE_PROF_CLIS (comma-separated CLI builds run in turn: A/B on the same QEMU), FLEECE_PROF_ROUNDS, FLEECE_PROF_CODECS.
+// FLEECE_PROF_CLIS (comma-separated CLI builds run in turn: A/B on the same QEMU), FLEECE_PROF_ROUNDS, FLEECE_PROF_CODECS,
+// FLEECE_PROF_ARGS (more `fleece backup` flags), FLEECE_PROF_RESTORE=1 (time `fleece restore` of each backup too).
 // Needs `npx tsc -p tsconfig.json` first (uses dist/). Not part of the test suite.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -74,7 +75,7 @@ async function e2e() {
       const prof = process.env.FLEECE_PROF_CPU === '1' ? ['--cpu-prof', '--cpu-prof-dir', join(dir, `prof-${i}-${label.split(' ')[0]}`)] : [];
       const q0 = cpuOf(qemu.pid);
       const r = await timed('node', [...prof, cli, 'backup', 'prof', '--qmp', qemu.extraQmpPaths[0], '--repo', repo,
-        '--state-dir', join(work, `state-${i}`), '--json', '--full', ...extra], { ...process.env, FLEECE_RUN_DIR: join(work, 'run') });
+        '--state-dir', join(work, `state-${i}`), '--json', '--full', ...extra, ...(process.env.FLEECE_PROF_ARGS ?? '').split(' ').filter(Boolean)], { ...process.env, FLEECE_RUN_DIR: join(work, 'run') });
       const rep = JSON.parse(r.out);
       log(`e2e full ${label}: ${(rep.bytesRead / MiB).toFixed(0)} MiB in ${r.seconds.toFixed(2)} s = ${(rep.bytesRead / MiB / r.seconds).toFixed(0)} MiB/s, `
         + `stored ${(rep.bytesStored / MiB).toFixed(0)} MiB, peak RSS ${(r.rss / MiB).toFixed(0)} MiB, CPU ${r.cpu.toFixed(2)} s `

@@ -5,10 +5,10 @@ import { splitExtentsAsync, type ByteRange } from './extent-algebra.js';
 
 /** Default request size: large enough to amortise per-request costs, small enough to keep memory low. */
 export const DEFAULT_MAX_REQUEST = 1024 * 1024;
-export const DEFAULT_CONCURRENCY = 8;
+export const DEFAULT_CONCURRENCY = 16;
 
 export interface ReadExtentsOptions {
-  /** Requests in flight (default 8); results read ahead but not yet consumed count too. */
+  /** Requests in flight (default 16: 4 per connection of a default NbdSource); results read ahead but not yet consumed count too. */
   concurrency?: number;
   /** Largest request in bytes (default 1 MiB, fastest measured here; at most 32 MiB, QEMU's block_size_maximum). */
   maxRequest?: number;
