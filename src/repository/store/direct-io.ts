@@ -53,19 +53,23 @@ function isEinval(error: unknown): boolean {
   return (error as NodeJS.ErrnoException | undefined)?.code === 'EINVAL';
 }
 
+/** Opens with O_DIRECT added to `flags`; DirectIoUnsupported when the file system refuses it. */
+async function openDirect(path: string, flags: number, mode?: number): Promise<FileHandle> {
+  try {
+    return await open(path, flags | constants.O_DIRECT, mode);
+  } catch (error) {
+    if (isEinval(error)) throw new DirectIoUnsupported('O_DIRECT refused at open', { cause: error });
+    throw error;
+  }
+}
+
 /**
  * Creates `path` (exclusively, mode 0644) holding `data`, written with O_DIRECT through `pool` and fsynced.
  * @throws DirectIoUnsupported when the file system refuses O_DIRECT (nothing is left at `path` then); the errno
  *   error of open/write/truncate/fsync otherwise (ENOENT when the directory is missing; `path` may then exist).
  */
 export async function writeFileDirect(path: string, data: Uint8Array, pool: AlignedBufferPool): Promise<void> {
-  let handle: FileHandle;
-  try {
-    handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT, 0o644);
-  } catch (error) {
-    if (isEinval(error)) throw new DirectIoUnsupported('O_DIRECT refused at open', { cause: error });
-    throw error;
-  }
+  const handle = await openDirect(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
   let unsupported: unknown;
   try {
     const slot = await pool.acquire();
@@ -106,13 +110,7 @@ export async function writeFileDirect(path: string, data: Uint8Array, pool: Alig
  *   through the page cache instead); the errno error otherwise (ENOENT when missing).
  */
 export async function readFileDirect(path: string, pool: AlignedBufferPool): Promise<Buffer> {
-  let handle: FileHandle;
-  try {
-    handle = await open(path, constants.O_RDONLY | constants.O_DIRECT);
-  } catch (error) {
-    if (isEinval(error)) throw new DirectIoUnsupported('O_DIRECT refused at open', { cause: error });
-    throw error;
-  }
+  const handle = await openDirect(path, constants.O_RDONLY);
   try {
     const size = (await handle.stat()).size;
     const out = Buffer.allocUnsafeSlow(size);

@@ -55,12 +55,22 @@ export class FsObjectStore implements ObjectStore {
     return this.direct;
   }
 
+  private stagingPool(): AlignedBufferPool {
+    this.pool ??= new AlignedBufferPool(DIRECT_SLOTS, DIRECT_SLOT_BYTES);
+    return this.pool;
+  }
+
+  /** From now on this store uses the page cache. */
+  private stopDirectIo(reason: DirectIoUnsupported): void {
+    this.direct = false;
+    log.info({ root: this.root, reason: reason.message }, 'O_DIRECT does not work on the repository file system: using the page cache');
+  }
+
   /** Writes `data` to the new file `tmp` and fsyncs it: O_DIRECT when possible, else through the page cache. */
   private async writeTemp(tmp: string, dir: string, data: Uint8Array | AsyncIterable<Uint8Array>, options: PutOptions): Promise<void> {
     if (data instanceof Uint8Array && this.direct && data.byteLength >= DIRECT_MIN_BYTES) {
-      this.pool ??= new AlignedBufferPool(DIRECT_SLOTS, DIRECT_SLOT_BYTES);
+      const pool = this.stagingPool();
       try {
-        const pool = this.pool;
         await this.writeDirect(tmp, data, pool).catch(async (error: unknown) => {
           if (errnoOf(error) !== 'ENOENT') throw error;
           await mkdir(dir, { recursive: true });
@@ -69,8 +79,7 @@ export class FsObjectStore implements ObjectStore {
         return;
       } catch (error) {
         if (!(error instanceof DirectIoUnsupported)) throw error;
-        this.direct = false;
-        log.info({ root: this.root, reason: error.message }, 'O_DIRECT does not work on the repository file system: using the page cache');
+        this.stopDirectIo(error);
       }
     }
     // The container usually exists (many objects per container): create it only when the open says it is missing.
@@ -142,14 +151,12 @@ export class FsObjectStore implements ObjectStore {
     checkObjectPath(this.root, container, name);
     if (this.direct) {
       throwIfAborted(options.signal, `reading ${container}/${name}`);
-      this.pool ??= new AlignedBufferPool(DIRECT_SLOTS, DIRECT_SLOT_BYTES);
       try {
-        return await readFileDirect(join(this.root, container, name), this.pool);
+        return await readFileDirect(join(this.root, container, name), this.stagingPool());
       } catch (error) {
         if (errnoOf(error) === 'ENOENT') throw new ObjectNotFoundError(this.root, container, name, { cause: error });
         if (!(error instanceof DirectIoUnsupported)) this.fail('read', container, name, error);
-        this.direct = false;
-        log.info({ root: this.root, reason: error.message }, 'O_DIRECT does not work on the repository file system: using the page cache');
+        this.stopDirectIo(error);
       }
     }
     try {
