@@ -14,16 +14,21 @@ let dir: string;
 beforeEach(async () => { dir = await makeTempDir('restore'); });
 afterEach(async () => { await removeTempDir(dir); });
 
-it('restores into an existing file full of garbage and into a qcow2 image, byte-identically', async () => {
-  const size = 4 * 1024 * 1024 + 512;
-  const disk = mixedDisk(size, 77);
+/** A repository holding a full backup of a generated disk, and a target file of garbage of the disk's size. */
+async function backedUpDisk(size: number, seed: number, workers: number) {
+  const disk = mixedDisk(size, seed);
   const repo = await openRepository(join(dir, 'repo'));
-  const w = await repo.startBackup({ volumeId: 'v', size, workers: 1 });
+  const w = await repo.startBackup({ volumeId: 'v', size, workers });
   for (const e of allocatedExtents(disk)) await w.write(e);
   const { backupId } = await w.finish();
-
   const target = join(dir, 'existing.raw');
   await writeFile(target, randomBytes(size));
+  return { disk, repo, backupId, target };
+}
+
+it('restores into an existing file full of garbage and into a qcow2 image, byte-identically', async () => {
+  const size = 4 * 1024 * 1024 + 512;
+  const { disk, repo, backupId, target } = await backedUpDisk(size, 77, 1);
   const sink = await openExistingSink(target, size);
   const progress: number[] = [];
   try {
@@ -46,14 +51,7 @@ it('restores into an existing file full of garbage and into a qcow2 image, byte-
 it('the final re-hash reuses its read buffers and still names the first differing block of a later piece', async () => {
   const MiB = 1024 * 1024;
   const size = 22 * MiB + 4096; // six 4 MiB pieces and a short one: buffers come back from the workers and are reused
-  const disk = mixedDisk(size, 78);
-  const repo = await openRepository(join(dir, 'repo'));
-  const w = await repo.startBackup({ volumeId: 'v', size, workers: 2 });
-  for (const e of allocatedExtents(disk)) await w.write(e);
-  const { backupId } = await w.finish();
-
-  const target = join(dir, 'existing.raw');
-  await writeFile(target, randomBytes(size));
+  const { disk, repo, backupId, target } = await backedUpDisk(size, 78, 2);
   const ok = await openExistingSink(target, size);
   try {
     expect((await restoreBackup(repo, backupId, ok, { workers: 2 })).verified).toBe(true);
