@@ -29,6 +29,10 @@ function zeroDigest(len) {
   }
   return d;
 }
+/** Whether a view spans its whole ArrayBuffer (so transferring the buffer moves exactly this data). */
+function owns(view) {
+  return view.byteOffset === 0 && view.byteLength === view.buffer.byteLength;
+}
 function isZero(view) {
   if (zeroBlock.length < view.length) zeroBlock = Buffer.alloc(view.length);
   return view.equals(zeroBlock.subarray(0, view.length));
@@ -134,24 +138,17 @@ parentPort.on('message', (msg) => {
   try {
     const t = msg.task;
     let result = t.kind === 'encode' ? encode(t) : t.kind === 'decode' ? decode(t) : hash(t);
-    const transfer = t.kind === 'encode' && t.data.byteOffset === 0 && t.data.byteLength === t.data.buffer.byteLength ? [t.data.buffer] : [];
-    // The segment goes back whole, so that the writer can reuse its memory once the objects are stored.
-    if (transfer.length > 0) result.input = t.data;
-    // The hashed buffer goes back too, for reuse by the next read.
-    if (t.kind === 'hash' && t.data.byteOffset === 0 && t.data.byteLength === t.data.buffer.byteLength) {
+    // Buffers that own their memory move back instead of being copied: the segment (the writer reuses its memory
+    // once the objects are stored), a hashed buffer (read into again), decoded data and compressed objects.
+    const transfer = [];
+    if (t.kind === 'encode') {
+      if (owns(t.data)) { result.input = t.data; transfer.push(t.data.buffer); }
+      for (const o of result.objects) if (owns(o.data) && !transfer.includes(o.data.buffer)) transfer.push(o.data.buffer);
+    } else if (t.kind === 'hash' && owns(t.data)) {
       result = { digests: result, input: t.data };
       transfer.push(t.data.buffer);
-    }
-    // Decoded data that owns its memory moves to the main thread instead of being copied.
-    if (t.kind === 'decode' && result.data && result.data.byteOffset === 0 && result.data.byteLength === result.data.buffer.byteLength) {
+    } else if (t.kind === 'decode' && result.data && owns(result.data)) {
       transfer.push(result.data.buffer);
-    }
-    // Compressed objects that own their memory move to the main thread instead of being copied.
-    if (t.kind === 'encode') {
-      for (const o of result.objects) {
-        const b = o.data.buffer;
-        if (b !== t.data.buffer && o.data.byteOffset === 0 && o.data.byteLength === b.byteLength && !transfer.includes(b)) transfer.push(b);
-      }
     }
     parentPort.postMessage({ id: msg.id, ok: true, result }, transfer);
   } catch (e) {

@@ -20,6 +20,20 @@ function errnoOf(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException | undefined)?.code;
 }
 
+/**
+ * Runs `create` (which makes a file in `dir`); when it fails with ENOENT, creates `dir` and runs it once more. The
+ * container usually exists (many objects per container): it is created only when the open says it is missing.
+ */
+async function inContainer<T>(dir: string, create: () => Promise<T>): Promise<T> {
+  try {
+    return await create();
+  } catch (error) {
+    if (errnoOf(error) !== 'ENOENT') throw error;
+    await mkdir(dir, { recursive: true });
+    return create();
+  }
+}
+
 /** Objects from this size on are written with O_DIRECT (when the file system allows it). */
 const DIRECT_MIN_BYTES = 64 * 1024;
 /** Staging buffers for O_DIRECT writes (shared by every writer of this store: memory stays bounded). */
@@ -71,23 +85,14 @@ export class FsObjectStore implements ObjectStore {
     if (data instanceof Uint8Array && this.direct && data.byteLength >= DIRECT_MIN_BYTES) {
       const pool = this.stagingPool();
       try {
-        await this.writeDirect(tmp, data, pool).catch(async (error: unknown) => {
-          if (errnoOf(error) !== 'ENOENT') throw error;
-          await mkdir(dir, { recursive: true });
-          await this.writeDirect(tmp, data, pool);
-        });
+        await inContainer(dir, () => this.writeDirect(tmp, data, pool));
         return;
       } catch (error) {
         if (!(error instanceof DirectIoUnsupported)) throw error;
         this.stopDirectIo(error);
       }
     }
-    // The container usually exists (many objects per container): create it only when the open says it is missing.
-    const handle = await open(tmp, 'wx', 0o644).catch(async (error: unknown) => {
-      if (errnoOf(error) !== 'ENOENT') throw error;
-      await mkdir(dir, { recursive: true });
-      return open(tmp, 'wx', 0o644);
-    });
+    const handle = await inContainer(dir, () => open(tmp, 'wx', 0o644));
     try {
       if (data instanceof Uint8Array) {
         // One write(2) per call (writeFile would cut it into 512 KiB calls, each a thread-pool round trip).
