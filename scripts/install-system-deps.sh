@@ -2,7 +2,11 @@
 # Installs the Debian packages fleece and its tests need, or says exactly what is missing and how to get it.
 set -euo pipefail
 
-packages=(qemu-system-x86 qemu-utils qemu-block-extra libnbd0 libnbd-bin bzip2 zstd python3)
+# libvirt: the monolithic libvirtd, its QEMU driver and virsh, for the libvirt integration tests (test/harness/libvirt.ts
+# does the one-time setup: the libvirt-qemu account and qemu.conf). Not libvirt-daemon-system: no systemd units,
+# polkit or dnsmasq. e2fsprogs: mkfs.ext4 for the real guest's disk.
+packages=(qemu-system-x86 qemu-utils qemu-block-extra libnbd0 libnbd-bin bzip2 zstd python3
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -102,7 +102,7 @@ export class JobManager {
       if (isFinalJobState(record.info.state)) continue;
       let conn: VmConnection | undefined;
       try {
-        conn = await this.pool.get({ name: record.info.vm, qmp: record.recovery.qmp });
+        if (record.recovery.qmp !== undefined) conn = await this.pool.get({ name: record.info.vm, qmp: record.recovery.qmp });
       } catch (error) {
         log.warn({ vm: record.info.vm, err: error }, 'cannot reach QEMU to clean an interrupted job');
       }
@@ -168,9 +168,10 @@ export class JobManager {
    */
   async repositoryBackup(vm: string, request: RepositoryBackupRequest): Promise<JobInfo> {
     this.#refuseBusy(vm);
-    const conn = await this.connection(vm);
+    const entry = await this.registry.get(vm);
+    const conn = entry.qmp !== undefined ? await this.pool.get(entry) : undefined;
     const prepared = prepareRepositoryBackup(
-      { conn, stateDir: this.#options.stateDir, runDir: this.#options.runDir },
+      { entry, ...(conn ? { conn } : {}), stateDir: this.#options.stateDir, runDir: this.#options.runDir },
       request,
     );
     return this.#launch(newJobId(), vm, prepared);

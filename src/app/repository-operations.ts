@@ -6,11 +6,12 @@ import {
   type BackupRecord,
   type DeleteReport,
   type GcReport,
+  type GuestConfigExtra,
   type Repository,
   type VerifyReport,
 } from '../repository/index.js';
 import { createSparseFileSink, restoreBackup, restoreToQcow2, type RestoreSummary } from '../restore/index.js';
-import { ConflictError, InvalidInputError, NotFoundError } from '../util/errors.js';
+import { ConflictError, IntegrityError, InvalidInputError, NotFoundError } from '../util/errors.js';
 
 /** Which backup: an id, or the newest backup of a VM's disk (at or before `at`). */
 export interface BackupSelector {
@@ -210,4 +211,40 @@ export async function collectRepositoryGarbage(
   options: { dryRun?: boolean; gracePeriodMs?: number; signal?: AbortSignal } = {},
 ): Promise<GcReport> {
   return (await open(repo)).gc(options);
+}
+
+/**
+ * The disk backups of one VM backup group (one `fleece backup` run), ordered by disk.
+ * @throws NotFoundError naming the group (and the repository) when it has no backup, StoreError.
+ */
+export async function findGroup(repo: string | Repository, groupId: string, options: { signal?: AbortSignal } = {}): Promise<BackupRecord[]> {
+  const r = await open(repo);
+  const members = await r.list({ groupId, ...(options.signal ? { signal: options.signal } : {}) });
+  if (members.length === 0) {
+    throw new NotFoundError(`the repository ${r.store.location} has no backup group '${groupId}'`, {
+      hint: `list the backups and their groups with \`fleece list --repo ${r.store.location}\``,
+    });
+  }
+  const key = (rec: BackupRecord) => rec.disk ?? rec.backupId;
+  return members.sort((a, b) => (key(a) === key(b) ? 0 : key(a) < key(b) ? -1 : 1));
+}
+
+/**
+ * The guest configuration a backup carries (`extra_metadata.fleece.guest_config`: libvirt's domain XML at backup
+ * time), or undefined when it has none (Cinder-written backups, bare QEMU VMs, older fleece). `format` is
+ * 'libvirt-domain-xml' today; a newer fleece may write others, so the caller checks it.
+ * @throws NotFoundError (no such backup), IntegrityError (damaged manifest, or a guest_config that is not {format, text}).
+ */
+export async function readGuestConfig(repo: string | Repository, backupId: string): Promise<{ format: GuestConfigExtra['format'] | string; text: string } | undefined> {
+  const r = await open(repo);
+  const { metadata } = await r.load(backupId);
+  const config: unknown = metadata.extra_metadata?.fleece?.guest_config;
+  if (config === undefined || config === null) return undefined;
+  const { format, text } = config as Record<string, unknown>;
+  if (typeof config !== 'object' || typeof format !== 'string' || typeof text !== 'string') {
+    throw new IntegrityError(`the manifest of backup ${backupId} has a damaged guest_config`, {
+      hint: 'it should be {"format": "libvirt-domain-xml", "text": "<domain…>"}', expected: '{format, text}', found: JSON.stringify(config).slice(0, 80),
+    });
+  }
+  return { format, text };
 }

@@ -3,7 +3,7 @@ import { CheckpointManager } from '../checkpoint/manager.js';
 import { CheckpointStore } from '../checkpoint/store.js';
 import { QmpClient } from '../qmp/client.js';
 import { InvalidInputError } from '../util/errors.js';
-import { VmRegistry, validateVmName, type VmEntry } from './vm-registry.js';
+import { VmRegistry, qmpSocketOf, validateVmName, type VmEntry } from './vm-registry.js';
 
 export interface VmAddressOptions {
   vm: string;
@@ -35,12 +35,13 @@ export async function resolveVm(options: VmAddressOptions): Promise<VmEntry> {
 /** Connects to the VM's QMP socket. Throws QmpConnectError naming the socket when QEMU is not there. */
 export async function openVm(options: VmAddressOptions & { stateDir: string; signal?: AbortSignal }): Promise<VmContext> {
   const entry = await resolveVm(options);
-  if (!entry.qmp.startsWith('/') && !entry.qmp.startsWith('.')) {
+  const socket = qmpSocketOf(entry);
+  if (!socket.startsWith('/') && !socket.startsWith('.')) {
     throw new InvalidInputError(`QMP socket '${entry.qmp}' of VM '${entry.name}' is not a path`, {
       hint: 'give the path of the unix socket QEMU was started with (-qmp unix:PATH,server=on,wait=off)',
     });
   }
-  const qmp = await QmpClient.connect({ path: entry.qmp }, { name: entry.name, ...(options.signal ? { signal: options.signal } : {}) });
+  const qmp = await QmpClient.connect({ path: socket }, { name: entry.name, ...(options.signal ? { signal: options.signal } : {}) });
   const store = new CheckpointStore(options.stateDir);
   const checkpoints = new CheckpointManager({ qmp, store, vm: entry.name });
   return {

@@ -1,4 +1,5 @@
-// Registered VMs: a name bound to a QMP socket (and optionally a guest-agent socket), kept in <configDir>/vms.json.
+// Registered VMs, kept in <configDir>/vms.json: a name bound to a QMP socket (and optionally a guest-agent socket),
+// or to a libvirt connection URI (the name is the libvirt domain's).
 import { readFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic-file.js';
@@ -6,8 +7,21 @@ import { ConflictError, InvalidInputError, NotFoundError } from '../util/errors.
 
 export interface VmEntry {
   name: string;
-  qmp: string;
+  /** A bare QEMU: its QMP socket. */
+  qmp?: string;
   guestAgent?: string;
+  /** A libvirt domain: the libvirt URI it lives on (`qemu:///system`). */
+  connect?: string;
+}
+
+/** The VM's QMP socket. Throws InvalidInputError when the VM is a libvirt domain (libvirt owns its monitor). */
+export function qmpSocketOf(entry: VmEntry): string {
+  if (entry.qmp === undefined) {
+    throw new InvalidInputError(`VM '${entry.name}' is a libvirt domain (${entry.connect ?? 'no URI'}): libvirt owns its QMP monitor`, {
+      hint: `use the commands that go through libvirt (fleece backup ${entry.name} --repo …), or virsh for this one`,
+    });
+  }
+  return entry.qmp;
 }
 
 const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -53,7 +67,7 @@ export class VmRegistry {
     const entry = (await this.list()).find((vm) => vm.name === name);
     if (!entry) {
       throw new NotFoundError(`VM '${name}' is not registered`, {
-        hint: `register it with \`fleece vm add ${name} --qmp /path/to/qmp.sock\` or pass --qmp`,
+        hint: `register it with \`fleece vm add ${name} --qmp /path/to/qmp.sock\` (a bare QEMU) or \`fleece vm add ${name} --connect qemu:///system\` (a libvirt domain), or pass --qmp or --connect`,
       });
     }
     return entry;
@@ -62,6 +76,11 @@ export class VmRegistry {
   /** Throws ConflictError when the name is taken, InvalidInputError for a bad name. */
   async add(entry: VmEntry): Promise<void> {
     validateVmName(entry.name);
+    if ((entry.qmp === undefined) === (entry.connect === undefined)) {
+      throw new InvalidInputError(`VM '${entry.name}' needs exactly one of a QMP socket and a libvirt URI`, {
+        hint: 'give --qmp SOCKET (a bare QEMU) or --connect URI (a libvirt domain)',
+      });
+    }
     const vms = await this.list();
     if (vms.some((vm) => vm.name === entry.name)) {
       throw new ConflictError(`VM '${entry.name}' is already registered`, {

@@ -35,6 +35,8 @@ export interface CheckpointDiskCheck {
   /** The node the bitmap should be on (absent when the disk is gone from the VM). */
   node?: string;
   state: CheckpointDiskState;
+  /** What the hypervisor said, when it said more than the state (libvirt's error message). */
+  detail?: string;
 }
 
 export interface CheckpointCheck {

@@ -1,6 +1,6 @@
 // virsh's output shapes (libvirt 9.0), pure: vshTable, checkpoint-list, domjobinfo, vshPrettyCapacity.
-import { CheckpointChain, formatCheckpointTree } from '../checkpoint/chain.js';
-import type { Checkpoint } from '../checkpoint/model.js';
+import { CheckpointChain, formatCheckpointTree } from '../app/vocabulary.js';
+import type { Checkpoint } from '../app/vocabulary.js';
 import type { JobInfo } from '../app/jobs/api-shapes.js';
 import { InvalidInputError } from '../util/errors.js';
 

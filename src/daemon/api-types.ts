@@ -60,14 +60,16 @@ type HealthCheck = Static<typeof HealthSchema>;
 
 export const VmEntrySchema = Type.Object({
   name: Type.String({ minLength: 1 }),
-  qmp: Type.String({ minLength: 1 }),
+  qmp: Type.Optional(Type.String({ minLength: 1, description: 'a bare QEMU: its QMP socket' })),
   guestAgent: Type.Optional(Type.String()),
-});
+  connect: Type.Optional(Type.String({ minLength: 1, description: 'a libvirt domain: the libvirt URI (qemu:///system)' })),
+}, { additionalProperties: false });
 type VmEntryBodyCheck = Static<typeof VmEntrySchema>;
 
 export const VmStatusSchema = Type.Object({
   name: Type.String(),
-  qmp: Type.String(),
+  qmp: Type.Optional(Type.String()),
+  connect: Type.Optional(Type.String()),
   connected: Type.Boolean(),
   status: Type.Unknown({ description: 'query-status' }),
   disks: Type.Array(
@@ -103,12 +105,20 @@ export const BackupBeginSchema = Type.Object({
 });
 export type BackupBeginBody = Static<typeof BackupBeginSchema>;
 
+/** The same options as `fleece backup` (app/backup-request.ts checks them once more, for both). */
 export const RepositoryBackupSchema = Type.Object({
-  repo: Type.String({ minLength: 1 }),
+  repo: Type.String({ minLength: 1, pattern: '^/', description: 'absolute path of the repository directory' }),
   level: Type.Optional(Type.Union([Type.Literal('auto'), Type.Literal('full'), Type.Literal('incremental')])),
   disks: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
   compression: Type.Optional(Type.Union([Type.Literal('zstd'), Type.Literal('zlib'), Type.Literal('bz2'), Type.Literal('none')])),
-});
+  bandwidth: Type.Optional(Type.Integer({ minimum: 1, description: 'bytes per second over all disks' })),
+  parallel: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
+  connections: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
+  quiesce: Type.Optional(Type.Union([Type.Literal('no'), Type.Literal('yes'), Type.Literal('try')])),
+  trim: Type.Optional(Type.Boolean()),
+  scratchDir: Type.Optional(Type.String({ minLength: 1, pattern: '^/' })),
+  checkpoint: Type.Optional(Type.String({ minLength: 1 })),
+}, { additionalProperties: false });
 export type RepositoryBackupBody = Static<typeof RepositoryBackupSchema>;
 
 export const JobReplySchema = Type.Object({ job: JobInfoSchema });

@@ -11,5 +11,5 @@ export { DEFAULT_GC_GRACE_MS, type GcOptions, type GcReport } from './gc.js';
 export { ObjectNotFoundError, StoreError, type ObjectStore, type ObjectInfo } from './store/object-store.js';
 export { FsObjectStore } from './store/fs-store.js';
 export { MemoryObjectStore } from './store/memory-store.js';
-export type { Compression, BackupMetadata, ObjectEntry, FleeceExtra } from './format/manifest.js';
+export type { Compression, BackupMetadata, ObjectEntry, FleeceExtra, GuestConfigExtra } from './format/manifest.js';
 export { DigestTable, DEFAULT_DIGEST_MEMORY_LIMIT, type DigestTableOptions } from './digest-table.js';

@@ -4,7 +4,7 @@ import { getLogger } from '../util/logger.js';
 import { FsObjectStore } from './store/fs-store.js';
 import type { ObjectStore } from './store/object-store.js';
 import { containerFor, metadataName, sha256FileName, checkBackupId } from './format/naming.js';
-import { parseMetadataStream, type BackupMetadata, type Compression, type ObjectEntry } from './format/manifest.js';
+import { parseMetadataStream, type BackupMetadata, type Compression, type GuestConfigExtra, type ObjectEntry } from './format/manifest.js';
 import { readSha256Stream, type DigestSink, type Sha256File, type Sha256FileHeader } from './format/sha256-file.js';
 import { DigestTable, type DigestTableOptions } from './digest-table.js';
 import { BackupWriter, type BackupMode, type BackupSummary, type WriterOptions } from './writer.js';
@@ -37,6 +37,8 @@ export interface StartBackupOptions {
   incrementalFrom?: string;
   /** One VM backup = one group of per-disk backups. */
   groupId?: string;
+  /** The VM's configuration at backup time, kept in `extra_metadata.fleece.guest_config`. */
+  guestConfig?: GuestConfigExtra;
   name?: string;
   description?: string;
   workers?: number;
@@ -110,7 +112,7 @@ export class Repository {
       chunkSize: options.chunkSize, shaBlockSize: options.shaBlockSize, compression: options.compression,
       compressionLevel: options.compressionLevel, name: options.name ?? null, description: options.description ?? null,
       vm: options.vm, disk: options.disk, checkpoint: options.checkpoint, incrementalFrom: options.incrementalFrom,
-      groupId: options.groupId, workers: options.workers, queueDepth: options.queueDepth, signal: options.signal, now: options.now,
+      groupId: options.groupId, guestConfig: options.guestConfig, workers: options.workers, queueDepth: options.queueDepth, signal: options.signal, now: options.now,
       digestTable: this.options.digestTable,
     });
     try {

@@ -6,7 +6,7 @@ import type { ObjectStore } from './store/object-store.js';
 import {
   FORMAT_VERSION, containerFor, dataObjectName, metadataName, objectPrefix, pythonDatetimeString, sha256FileName,
 } from './format/naming.js';
-import { serializeMetadataPieces, type BackupMetadata, type Compression, type FleeceExtra, type ObjectEntry } from './format/manifest.js';
+import { serializeMetadataPieces, type BackupMetadata, type Compression, type FleeceExtra, type GuestConfigExtra, type ObjectEntry } from './format/manifest.js';
 import { DIGEST_BYTES, sha256FileStream, type DigestSink } from './format/sha256-file.js';
 import { DigestTable, type DigestTableOptions } from './digest-table.js';
 import { DEFAULT_LEVELS } from './compression/codecs.js';
@@ -62,6 +62,7 @@ export interface WriterOptions {
   checkpoint?: string;
   incrementalFrom?: string;
   groupId?: string;
+  guestConfig?: GuestConfigExtra;
   /** Worker threads (default: one per core). */
   workers?: number;
   /** Segments in flight (each at most chunkSize raw + its compressed objects); default 2 × workers + 2. */
@@ -491,6 +492,7 @@ export class BackupWriter {
         ...(o.incrementalFrom !== undefined ? { incremental_from: o.incrementalFrom } : {}),
         virtual_size: this.size, sha_block_size: this.bs, chunk_size: this.chunkSize, mode: this.mode,
         bytes_read: this.bytesRead, bytes_stored: this.bytesStored,
+        ...(o.guestConfig !== undefined ? { guest_config: o.guestConfig } : {}),
       };
       const meta: BackupMetadata = {
         ...header, extra_metadata: { fleece }, objects: this.entries, parent_id: o.parent?.backupId ?? null,

@@ -12,6 +12,7 @@ export type FleeceErrorCode =
   | 'QMP_PROTOCOL'
   | 'QEMU_JOB'
   | 'NBD'
+  | 'LIBVIRT'
   | 'STORE'
   | 'INTEGRITY'
   | 'ABORTED'

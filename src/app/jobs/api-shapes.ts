@@ -13,14 +13,18 @@ export interface Health {
 /** POST /v1/vms body, and each entry of GET /v1/vms. */
 export interface VmEntryBody {
   name: string;
-  qmp: string;
+  /** A bare QEMU: its QMP socket. */
+  qmp?: string;
   guestAgent?: string;
+  /** A libvirt domain: its libvirt URI. */
+  connect?: string;
 }
 
 /** GET /v1/vms/:vm. */
 export interface VmStatus {
   name: string;
-  qmp: string;
+  qmp?: string;
+  connect?: string;
   connected: boolean;
   /** query-status, or null when QEMU is not reachable. */
   status: unknown;

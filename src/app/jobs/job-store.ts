@@ -9,8 +9,10 @@ const log = getLogger('app.job-store');
 
 /** What a restart needs to undo a job that was interrupted: the names and files the job made. */
 export interface JobRecovery {
-  /** The QMP socket of the VM when the job started. */
-  qmp: string;
+  /** The QMP socket of the VM when the job started (a bare QEMU). */
+  qmp?: string;
+  /** The libvirt URI of the domain (a libvirt domain). */
+  connect?: string;
   /** The job tag in fleece's node/job/export names (fleeceNaming). */
   tag?: string;
   /** Temporary bitmaps the job adds (`backup-<disk>` or the export bitmap names). */

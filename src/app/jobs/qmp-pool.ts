@@ -4,7 +4,7 @@ import { CheckpointManager } from '../../checkpoint/manager.js';
 import { CheckpointStore } from '../../checkpoint/store.js';
 import { QmpClient } from '../../qmp/client.js';
 import { getLogger } from '../../util/logger.js';
-import type { VmEntry } from '../vm-registry.js';
+import { qmpSocketOf, type VmEntry } from '../vm-registry.js';
 
 const log = getLogger('app.qmp-pool');
 
@@ -37,7 +37,7 @@ export class QmpPool {
       else return this.get(entry, signal);
     }
     const connecting = (async () => {
-      const qmp = await QmpClient.connect({ path: entry.qmp }, { name: entry.name, ...(signal ? { signal } : {}) });
+      const qmp = await QmpClient.connect({ path: qmpSocketOf(entry) }, { name: entry.name, ...(signal ? { signal } : {}) });
       qmp.onClose((error) => log.info({ vm: entry.name, err: error }, 'QMP connection closed'));
       const checkpoints = new CheckpointManager({ qmp, store: new CheckpointStore(this.#stateDir), vm: entry.name });
       return { entry, qmp, checkpoints };

@@ -1,29 +1,30 @@
-// A backup into a repository as a daemon job: app/backup-to-repository over the VM's shared QMP connection.
-import { backupVmToRepository, type RepositoryBackupOptions } from '../backup-to-repository.js';
+// A backup into a repository as a daemon job: the same request and use case as `fleece backup` (app/run-backup),
+// over the VM's shared QMP connection for a bare QEMU, through libvirt for a libvirt domain.
+import { checkBackupRequest, type BackupRequest } from '../backup-request.js';
+import { runBackup } from '../run-backup.js';
 import type { DiskProgress } from './job-info.js';
 import type { JobHandle, JobProgress, PreparedJob } from './job-handle.js';
 import type { VmConnection } from './qmp-pool.js';
+import type { VmEntry } from '../vm-registry.js';
 
-export interface RepositoryBackupRequest {
-  repo: string;
-  level?: 'auto' | 'full' | 'incremental';
-  disks?: string[];
-  compression?: 'zstd' | 'zlib' | 'bz2' | 'none';
-}
+/** The API body: a BackupRequest less what the daemon knows itself (the VM and how to reach it). */
+export type RepositoryBackupRequest = Omit<BackupRequest, 'vm' | 'qmp' | 'guestAgent' | 'connect'>;
 
 export interface RepositoryJobContext {
-  conn: VmConnection;
+  entry: VmEntry;
+  /** The pooled QMP connection of a bare QEMU (absent for a libvirt domain). */
+  conn?: VmConnection;
   stateDir: string;
   runDir: string;
 }
 
 /** Builds a repository backup job (checked when it starts: level, disks, repository). */
-export function prepareRepositoryBackup(ctx: RepositoryJobContext, request: RepositoryBackupRequest): PreparedJob {
-  const { conn } = ctx;
-  const vm = conn.entry.name;
+export function prepareRepositoryBackup(ctx: RepositoryJobContext, body: RepositoryBackupRequest): PreparedJob {
+  const { entry, conn } = ctx;
+  const request = checkBackupRequest({ ...body, vm: entry.name });
   return {
     kind: 'repository',
-    recovery: { qmp: conn.entry.qmp, repository: request.repo },
+    recovery: { ...(entry.qmp ? { qmp: entry.qmp } : {}), ...(entry.connect ? { connect: entry.connect } : {}), repository: request.repo },
     start: async (signal) => {
       const perDisk = new Map<string, DiskProgress>();
       const facts: { checkpoint?: string; incrementalFrom?: string } = {};
@@ -31,19 +32,11 @@ export function prepareRepositoryBackup(ctx: RepositoryJobContext, request: Repo
       const started = new Promise<void>((resolve) => {
         startedResolve = resolve;
       });
-      const options: RepositoryBackupOptions = {
-        vm,
-        qmp: conn.qmp,
-        checkpoints: conn.checkpoints,
-        repo: request.repo,
-        ...(request.level ? { level: request.level } : {}),
-        ...(request.disks ? { disks: request.disks } : {}),
-        ...(request.compression ? { compression: request.compression } : {}),
+      const done = runBackup(entry, request, {
         stateDir: ctx.stateDir,
         runDir: ctx.runDir,
-        ...(conn.entry.guestAgent ? { guestAgent: conn.entry.guestAgent } : {}),
-      };
-      const done = backupVmToRepository(options, {
+        ...(conn ? { qmp: { qmp: conn.qmp, checkpoints: conn.checkpoints } } : {}),
+      }, {
         signal,
         onEvent: (event) => {
           if (event.type === 'level' && event.incrementalFrom) facts.incrementalFrom = event.incrementalFrom;

@@ -1,4 +1,4 @@
-// `fleece list | restore | verify | delete | gc`: repository commands (src/app/repository-operations.ts).
+// `fleece list | restore | verify | delete | gc`: repository commands (src/app/repository-operations.ts, restore-group.ts).
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import {
@@ -10,7 +10,8 @@ import {
   verifyBackup,
   type BackupSelector,
 } from '../../app/repository-operations.js';
-import type { BackupRecord } from '../../repository/index.js';
+import { openLibvirtDefiner, restoreGroup } from '../../app/restore-group.js';
+import type { BackupRecord } from '../../app/vocabulary.js';
 import { FleeceError, IntegrityError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import { formatBytes } from '../progress.js';
@@ -56,6 +57,69 @@ function listRows(records: BackupRecord[]): string {
   return table(rows);
 }
 
+interface RestoreFlags extends SelectorFlags {
+  repo: string;
+  out?: string;
+  format: 'raw' | 'qcow2';
+  force?: boolean;
+  group?: string;
+  outDir?: string;
+  define?: string;
+  connect?: string;
+}
+
+/** `fleece restore --group`: every disk of a VM backup into --out-dir, then --define (src/app/restore-group.ts). */
+async function restoreGroupCommand(ctx: CliContext, flags: RestoreFlags, format: 'raw' | 'qcow2' | undefined): Promise<void> {
+  const clashing = ([['--backup', flags.backup], ['--vm', flags.vm], ['--disk', flags.disk], ['--at', flags.at], ['--out', flags.out]] as const)
+    .filter(([, given]) => given !== undefined).map(([flag]) => flag);
+  if (clashing.length > 0) {
+    throw new FleeceError('USAGE', `--group cannot be combined with ${clashing.join(', ')}`, { hint: 'restore a whole VM backup with --group GROUP --out-dir DIR, or one disk with --backup ID (or --vm/--disk/--at) --out FILE' });
+  }
+  if (flags.outDir === undefined) throw new FleeceError('USAGE', '--group needs --out-dir DIR', { hint: 'each disk is restored to DIR/<disk>.<format>' });
+  if ((flags.define === undefined) !== (flags.connect === undefined)) {
+    throw new FleeceError('USAGE', flags.define === undefined ? '--connect needs --define NAME' : '--define needs --connect URI', { hint: 'give both: --define NEWNAME --connect qemu:///system' });
+  }
+  const progress = ctx.progress();
+  let started = false;
+  try {
+    const result = await restoreGroup(resolve(flags.repo), flags.group!, resolve(flags.outDir), {
+      ...(format !== undefined ? { format } : {}),
+      ...(flags.force ? { overwrite: true } : {}),
+      ...(flags.define !== undefined ? { define: { name: flags.define, connect: flags.connect!, openDefiner: openLibvirtDefiner } } : {}),
+    }, {
+      signal: ctx.signal,
+      onDisk: ({ disk, index, count }) => {
+        progress.stop();
+        started = false;
+        ctx.info(`restoring disk ${disk} (${index + 1} of ${count})`);
+      },
+      onProgress: (disk, done, total) => {
+        if (!started) progress.start(`restore ${disk}`, total);
+        started = true;
+        progress.update({ done, total });
+      },
+    });
+    progress.stop();
+    for (const warning of result.warnings) ctx.info(`warning: ${warning}`);
+    if (ctx.json) {
+      ctx.printJson({
+        groupId: result.groupId, vm: result.vm ?? null, outDir: result.outDir,
+        disks: result.disks.map((d) => ({ disk: d.disk, out: d.out, format: d.format, ...d.summary })),
+        defined: result.defined ? { name: result.defined.name, connect: result.defined.connect } : null,
+        warnings: result.warnings,
+      });
+      return;
+    }
+    for (const d of result.disks) {
+      const s = d.summary;
+      ctx.print(`restored disk ${d.disk}: backup ${s.backupId} (chain of ${s.chain.length}) to ${d.out} (${d.format}): ${formatBytes(s.bytesWritten)} written, ${s.verified ? 'sha256 verified' : 'not re-hashed'}`);
+    }
+    if (result.defined) ctx.print(`defined domain '${result.defined.name}' at ${result.defined.connect} on the restored disks (new uuid and MAC addresses; start it with \`virsh -c '${result.defined.connect}' start ${result.defined.name}\`)`);
+  } finally {
+    progress.stop();
+  }
+}
+
 export function registerRepositoryCommands(program: Command, context: () => CliContext): void {
   program
     .command('list')
@@ -75,22 +139,39 @@ export function registerRepositoryCommands(program: Command, context: () => CliC
 
   addSelector(program
     .command('restore')
-    .description('restore one disk backup (its whole chain) into a new raw or qcow2 file, checking every object and the final sha256s')
+    .description('restore one disk backup (its whole chain) into a new raw or qcow2 file, or every disk of a VM backup group into a directory (optionally defined as a new libvirt domain), checking every object and the final sha256s')
     .requiredOption('--repo <dir>', 'the repository directory')
-    .requiredOption('--out <file>', 'the file to create'))
-    .addOption(new Option('--format <format>', 'output format').choices(['raw', 'qcow2']).default('raw'))
-    .option('--force', 'replace --out when it exists')
+    .option('--out <file>', 'the file to create (one disk backup)'))
+    .option('--group <id>', 'instead of one backup: every disk backup of this VM backup group (the GROUP column of `fleece list`)')
+    .option('--out-dir <dir>', 'with --group: the directory to restore into, one <disk>.<format> image per disk (created if missing)')
+    .addOption(new Option('--format <format>', 'output format (with --group the default is qcow2)').choices(['raw', 'qcow2']).default('raw'))
+    .option('--force', 'replace --out (with --group: the images in --out-dir) when it exists')
+    .option('--define <name>', 'with --group: define a new libvirt domain of this name from the backup\'s domain XML, on the restored images')
+    .option('--connect <uri>', 'with --define: the libvirt URI to define it at (e.g. qemu:///system)')
     .addHelpText('after', `
 Examples:
   fleece restore --repo /backups/repo --backup 3f2c…-… --out /tmp/vda.raw
-  fleece restore --repo /backups/repo --vm vm1 --disk vda --at 2025-01-02T03:00:00Z --out vda.qcow2 --format qcow2`)
-    .action(async (flags: SelectorFlags & { repo: string; out: string; format: 'raw' | 'qcow2'; force?: boolean }) => {
+  fleece restore --repo /backups/repo --vm vm1 --disk vda --at 2025-01-02T03:00:00Z --out vda.qcow2 --format qcow2
+  fleece restore --repo /backups/repo --group 8d1e…-… --out-dir /var/lib/libvirt/images/vm1-restored \\
+                 --define vm1-restored --connect qemu:///system`)
+    .action(async (flags: RestoreFlags, command: Command) => {
+      if (flags.group !== undefined) {
+        await restoreGroupCommand(context(), flags, command.getOptionValueSource('format') === 'default' ? undefined : flags.format);
+        return;
+      }
+      for (const [flag, given] of [['--out-dir', flags.outDir], ['--define', flags.define], ['--connect', flags.connect]] as const) {
+        if (given !== undefined) throw new FleeceError('USAGE', `${flag} needs --group`, { hint: 'restore a whole VM backup with --group GROUP --out-dir DIR, or one disk with --out FILE' });
+      }
+      if (flags.out === undefined) {
+        throw new FleeceError('USAGE', "required option '--out <file>' not specified", { hint: 'give --out FILE (one disk backup), or --group GROUP --out-dir DIR (a whole VM backup)' });
+      }
+      const out = flags.out;
       const ctx = context();
       const progress = ctx.progress();
       let started = false;
       try {
         const result = await restoreToFile(
-          { repo: resolve(flags.repo), selector: selectorOf(flags), out: resolve(flags.out), format: flags.format, ...(flags.force ? { overwrite: true } : {}) },
+          { repo: resolve(flags.repo), selector: selectorOf(flags), out: resolve(out), format: flags.format, ...(flags.force ? { overwrite: true } : {}) },
           {
             signal: ctx.signal,
             onProgress: (done, total) => {

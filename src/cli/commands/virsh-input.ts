@@ -1,7 +1,7 @@
 // The files the virsh verbs read (backup and checkpoint XML), checked before anything is started.
 import { readFile } from 'node:fs/promises';
-import { parseBackupXml } from '../../backup/definition/index.js';
-import { parseCheckpointXml } from '../../checkpoint/checkpoint-xml.js';
+import { parseBackupXml } from '../../app/vocabulary.js';
+import { parseCheckpointXml } from '../../app/vocabulary.js';
 import { FleeceError, InvalidInputError, describeError } from '../../util/errors.js';
 
 export type XmlFileKind = 'backup' | 'checkpoint';

@@ -1,7 +1,7 @@
 // virsh's backup and checkpoint verbs (libvirt 9.0 names, arguments and output), through fleeced or directly.
 import type { Command } from 'commander';
 import type { JobInfo } from '../../app/jobs/job-info.js';
-import { parseCheckpointXml } from '../../checkpoint/checkpoint-xml.js';
+import { parseCheckpointXml } from '../../app/vocabulary.js';
 import { FleeceError, NotFoundError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import type { DaemonClient } from '../daemon-client.js';

@@ -1,19 +1,29 @@
-// `fleece vm add | list | remove`: the VM registry (a name bound to its QMP socket and optional guest agent socket).
+// `fleece vm add | list | remove`: the VM registry (a libvirt domain and its URI, or a bare QEMU's QMP socket).
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { VmRegistry } from '../../app/vm-registry.js';
 import type { CliContext } from '../context.js';
 
 export function registerVmCommands(program: Command, context: () => CliContext): void {
-  const vm = program.command('vm').description('register VMs by name (their QMP socket) so commands can address them without --qmp');
+  const vm = program.command('vm').description('register VMs by name (a libvirt domain and its URI, or a QMP socket) so commands need no --connect/--qmp');
   vm.command('add')
-    .description('register a VM')
-    .argument('<name>', 'the VM name')
-    .requiredOption('--qmp <socket>', 'its QMP unix socket')
-    .option('--guest-agent <socket>', 'its guest agent unix socket (for --quiesce)')
-    .action(async (name: string, flags: { qmp: string; guestAgent?: string }) => {
+    .description('register a VM: a libvirt domain (--connect) or a bare QEMU (--qmp)')
+    .argument('<name>', 'the VM name (for libvirt: the domain name)')
+    .option('-c, --connect <uri>', 'the libvirt URI the domain lives on (qemu:///system)')
+    .option('--qmp <socket>', 'a bare QEMU: its QMP unix socket')
+    .option('--guest-agent <socket>', 'a bare QEMU: its guest agent unix socket (for --quiesce)')
+    .addHelpText('after', `
+Examples:
+  fleece vm add web1 --connect qemu:///system
+  fleece vm add lab --qmp /run/lab/qmp.sock --guest-agent /run/lab/qga.sock`)
+    .action(async (name: string, flags: { qmp?: string; connect?: string; guestAgent?: string }) => {
       const ctx = context();
-      await new VmRegistry(ctx.configDir).add({ name, qmp: resolve(flags.qmp), ...(flags.guestAgent ? { guestAgent: resolve(flags.guestAgent) } : {}) });
+      await new VmRegistry(ctx.configDir).add({
+        name,
+        ...(flags.qmp ? { qmp: resolve(flags.qmp) } : {}),
+        ...(flags.connect ? { connect: flags.connect } : {}),
+        ...(flags.guestAgent ? { guestAgent: resolve(flags.guestAgent) } : {}),
+      });
       ctx.info(`VM '${name}' registered in ${ctx.configDir}`);
     });
   vm.command('list')
@@ -22,7 +32,7 @@ export function registerVmCommands(program: Command, context: () => CliContext):
       const ctx = context();
       const vms = await new VmRegistry(ctx.configDir).list();
       if (ctx.json) ctx.printJson(vms);
-      else for (const v of vms) ctx.print(`${v.name}\t${v.qmp}${v.guestAgent ? `\t${v.guestAgent}` : ''}`);
+      else for (const v of vms) ctx.print(`${v.name}\t${v.connect ? `libvirt ${v.connect}` : `qmp ${v.qmp}`}${v.guestAgent ? `\t${v.guestAgent}` : ''}`);
     });
   vm.command('remove')
     .description('unregister a VM (its checkpoints and backups stay)')

@@ -1,8 +1,8 @@
 // /v1/vms/:vm/checkpoints: the checkpoint chain (virsh checkpoint-* verbs) over the VM's shared QMP connection.
 import { Type } from 'typebox';
-import { formatCheckpointTree } from '../../checkpoint/chain.js';
-import { parseCheckpointXml } from '../../checkpoint/checkpoint-xml.js';
-import type { CheckpointDefinition } from '../../checkpoint/model.js';
+import { formatCheckpointTree } from '../../app/vocabulary.js';
+import { parseCheckpointXml } from '../../app/vocabulary.js';
+import type { CheckpointDefinition } from '../../app/vocabulary.js';
 import { FleeceError, InvalidInputError } from '../../util/errors.js';
 import { CheckpointCreateSchema, CheckpointListSchema, ErrorSchema, NameXmlSchema } from '../api-types.js';
 import type { Api, DaemonContext } from '../context.js';

@@ -1,6 +1,6 @@
 // /v1/vms: register, list, remove and inspect VMs.
 import { Type } from 'typebox';
-import { queryDisks } from '../../qemu/block-graph.js';
+import { queryDisks } from '../../app/vocabulary.js';
 import { validateVmName } from '../../app/vm-registry.js';
 import { ConflictError, InvalidInputError } from '../../util/errors.js';
 import { ErrorSchema, VmEntrySchema, VmStatusSchema } from '../api-types.js';
@@ -16,14 +16,14 @@ export function vmRoutes(app: Api, { manager }: DaemonContext): void {
   }));
 
   app.post('/v1/vms', { schema: { body: VmEntrySchema, response: { 201: Type.Object({ vm: VmEntrySchema }), ...errors } } }, async (req, reply) => {
-    const { name, qmp, guestAgent } = req.body;
+    const { name, qmp, guestAgent, connect } = req.body;
     try {
       validateVmName(name);
     } catch (error) {
       throw new InvalidInputError(`name: ${(error as Error).message}`, { cause: error });
     }
-    if (!qmp.startsWith('/')) throw new InvalidInputError(`qmp: '${qmp}' is not an absolute path`, { hint: 'give the unix socket QEMU listens on for QMP' });
-    const vm = { name, qmp, ...(guestAgent !== undefined ? { guestAgent } : {}) };
+    if (qmp !== undefined && !qmp.startsWith('/')) throw new InvalidInputError(`qmp: '${qmp}' is not an absolute path`, { hint: 'give the unix socket QEMU listens on for QMP' });
+    const vm = { name, ...(qmp !== undefined ? { qmp } : {}), ...(guestAgent !== undefined ? { guestAgent } : {}), ...(connect !== undefined ? { connect } : {}) };
     await manager.registry.add(vm);
     return reply.code(201).send({ vm });
   });
@@ -43,6 +43,7 @@ export function vmRoutes(app: Api, { manager }: DaemonContext): void {
     let disks: { target: string; format: string; virtualSize: number; filename: string }[] = [];
     let connected = false;
     try {
+      if (entry.qmp === undefined) throw new Error('a libvirt domain: inspected through libvirt');
       const conn = await manager.pool.get(entry);
       status = await conn.qmp.execute('query-status');
       disks = (await queryDisks(conn.qmp)).map((d) => ({ target: d.target, format: d.format, virtualSize: d.virtualSize, filename: d.filename }));
@@ -50,6 +51,6 @@ export function vmRoutes(app: Api, { manager }: DaemonContext): void {
     } catch (error) {
       req.log.debug({ err: error }, 'VM not reachable');
     }
-    return { name: entry.name, qmp: entry.qmp, connected, status, disks, job: manager.vmJob(entry.name) };
+    return { name: entry.name, ...(entry.qmp ? { qmp: entry.qmp } : {}), ...(entry.connect ? { connect: entry.connect } : {}), connected, status, disks, job: manager.vmJob(entry.name) };
   });
 }

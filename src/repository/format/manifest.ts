@@ -39,6 +39,14 @@ export interface FleeceExtra {
   /** Bytes the producer handed over, and bytes stored (compressed) in data objects. */
   bytes_read: number;
   bytes_stored: number;
+  /** The guest's configuration at backup time (libvirt: the domain XML), for a VM-level restore. */
+  guest_config?: GuestConfigExtra;
+}
+
+/** A VM's configuration as the hypervisor gave it; `format` says how to read `text`. */
+export interface GuestConfigExtra {
+  format: 'libvirt-domain-xml';
+  text: string;
 }
 
 /** The parsed `_metadata` manifest (Cinder chunked driver 1.0.0). */

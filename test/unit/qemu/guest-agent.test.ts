@@ -2,7 +2,7 @@
 import { afterEach, describe, expect, test } from '@jest/globals';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { GuestAgentClient, GuestAgentError } from '../../../src/app/guest-agent.js';
+import { GuestAgentClient, GuestAgentError } from '../../../src/qemu/guest-agent.js';
 import { makeTempDir, removeTempDir } from '../../harness/temp-dir.js';
 
 let server: Server | undefined;

@@ -1,6 +1,6 @@
 // volumeIdFor: a stable UUID per VM and disk target.
 import { describe, expect, test } from '@jest/globals';
-import { volumeIdFor } from '../../../src/app/volume-id.js';
+import { volumeIdFor } from '../../../src/backup/volume-id.js';
 
 describe('volumeIdFor', () => {
   test('is a version-5 style UUID, stable, and distinct per VM and disk', () => {

@@ -1,6 +1,6 @@
-// chooseBackupLevel: incremental since the newest valid checkpoint with a complete backup of every disk, else full with the reason.
+// chooseBackupLevel: per disk, incremental since the newest valid checkpoint with a complete backup of that disk, else full with the reason.
 import { describe, expect, test } from '@jest/globals';
-import { chooseBackupLevel, type LevelInput } from '../../../src/app/backup-level.js';
+import { chooseBackupLevel, type LevelInput } from '../../../src/backup/level.js';
 import type { CheckpointCheck } from '../../../src/checkpoint/manager.js';
 import type { Checkpoint } from '../../../src/checkpoint/model.js';
 import type { BackupRecord } from '../../../src/repository/index.js';
@@ -25,8 +25,11 @@ const base = (over: Partial<LevelInput>): LevelInput => ({ vm: 'vm1', requested:
 
 describe('chooseBackupLevel', () => {
   test('--full wins; an empty repository gives full with the reason', () => {
-    expect(chooseBackupLevel(base({ requested: 'full' }))).toEqual({ level: 'full', reason: '--full was given' });
-    expect(chooseBackupLevel(base({}))).toEqual({ level: 'full', reason: "this repository has no backup of VM 'vm1' yet" });
+    const forced = chooseBackupLevel(base({ requested: 'full' }));
+    expect([forced.level, forced.reason, forced.incrementalFrom]).toEqual(['full', '--full was given', null]);
+    expect(forced.disks.map((d) => d.level)).toEqual(['full', 'full']);
+    const empty = chooseBackupLevel(base({}));
+    expect([empty.level, empty.reason]).toEqual(['full', "this repository has no backup of VM 'vm1' yet"]);
   });
 
   test('incremental since the newest checkpoint with a complete backup of every disk; parents per disk', () => {
@@ -36,14 +39,14 @@ describe('chooseBackupLevel', () => {
     ];
     const d = chooseBackupLevel(base({ checkpoints: [cp('cp1', 1), cp('cp2', 2)], checks: [ok('cp1'), ok('cp2')], records }));
     expect(d.level).toBe('incremental');
-    if (d.level !== 'incremental') return;
-    expect(d.checkpoint).toBe('cp2');
-    expect(d.parents.vda!.backupId).toBe('a2');
-    expect(d.parents.vdb!.backupId).toBe('b2');
+    expect(d.incrementalFrom).toBe('cp2');
+    const [vda, vdb] = d.disks;
+    expect(vda!.level === 'incremental' && vda!.parent.backupId).toBe('a2');
+    expect(vdb!.level === 'incremental' && vdb!.parent.backupId).toBe('b2');
     expect(d.reason).toBe('incremental since checkpoint cp2, the newest valid checkpoint with a complete backup in this repository');
   });
 
-  test('skips a newer checkpoint that lacks a disk backup or is invalid, and says so', () => {
+  test('each disk skips the newer checkpoints it cannot use, and says so; the others are not held back', () => {
     const records = [
       rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00'), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00'),
       rec('a2', 'vda', 'cp2', '2025-01-02 00:00:00'), // vdb of cp2 never completed
@@ -51,31 +54,47 @@ describe('chooseBackupLevel', () => {
     ];
     const bad: CheckpointCheck = { name: 'cp3', valid: false, disks: [
       { checkpoint: 'cp3', disk: 'vda', bitmap: 'cp3', state: 'ok' },
-      { checkpoint: 'cp3', disk: 'vdb', bitmap: 'cp3', state: 'inconsistent' },
+      { checkpoint: 'cp3', disk: 'vdb', bitmap: 'cp3', state: 'inconsistent', detail: "missing or broken bitmap 'cp3' for disk 'vdb'" },
     ] };
     const d = chooseBackupLevel(base({ checkpoints: [cp('cp1', 1), cp('cp2', 2), cp('cp3', 3)], checks: [ok('cp1'), ok('cp2'), bad], records }));
     expect(d.level).toBe('incremental');
-    if (d.level !== 'incremental') return;
-    expect(d.checkpoint).toBe('cp1');
-    expect(d.reason).toContain('checkpoint cp3 is not valid (disk vdb: bitmap cp3 inconsistent)');
-    expect(d.reason).toContain('checkpoint cp2 has no complete backup of disk vdb in this repository');
+    expect(d.incrementalFrom).toBeNull();
+    const [vda, vdb] = d.disks;
+    expect(vda!.level === 'incremental' && vda!.checkpoint).toBe('cp3');
+    expect(vdb!.level === 'incremental' && vdb!.checkpoint).toBe('cp1');
+    expect(vdb!.reason).toContain("checkpoint cp3 is not valid (disk vdb: bitmap cp3 inconsistent (missing or broken bitmap 'cp3' for disk 'vdb'))");
+    expect(vdb!.reason).toContain('checkpoint cp2 has no complete backup of disk vdb in this repository');
+    expect(d.reason).toMatch(/^vda: incremental since checkpoint cp3.*; vdb: incremental since checkpoint cp1/);
+  });
+
+  test('one disk whose checkpoint is broken is full, the other stays incremental', () => {
+    const records = [rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00'), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00')];
+    const broken: CheckpointCheck = { name: 'cp1', valid: false, disks: [
+      { checkpoint: 'cp1', disk: 'vda', bitmap: 'cp1', state: 'ok' },
+      { checkpoint: 'cp1', disk: 'vdb', bitmap: 'cp1', state: 'missing' },
+    ] };
+    const d = chooseBackupLevel(base({ checkpoints: [cp('cp1', 1)], checks: [broken], records }));
+    expect(d.disks.map((x) => x.level)).toEqual(['incremental', 'full']);
+    expect(d.disks[1]!.reason).toBe('checkpoint cp1 is not valid (disk vdb: bitmap cp1 missing)');
+    expect(d.incrementalFrom).toBe('cp1');
+    expect(() => chooseBackupLevel(base({ requested: 'incremental', checkpoints: [cp('cp1', 1)], checks: [broken], records })))
+      .toThrow(/cannot take an incremental backup of VM 'vm1': checkpoint cp1 is not valid \(disk vdb: bitmap cp1 missing\)/);
   });
 
   test('a deleted checkpoint gives full, naming it; a forced incremental then throws the reason', () => {
     const records = [rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00'), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00')];
-    const input = base({ records });
-    expect(chooseBackupLevel(input)).toEqual({
-      level: 'full', reason: "checkpoint cp1, where the newest backup in this repository (b1) ended, no longer exists in VM 'vm1'",
-    });
+    const input = base({ records, disks: [disks[1]!] });
+    const d = chooseBackupLevel(input);
+    expect([d.level, d.reason]).toEqual(['full', "checkpoint cp1, where the newest backup of disk vdb in this repository (b1) ended, no longer exists in VM 'vm1'"]);
     expect(() => chooseBackupLevel({ ...input, requested: 'incremental' })).toThrow(ConflictError);
     expect(() => chooseBackupLevel({ ...input, requested: 'incremental' })).toThrow(/cannot take an incremental backup of VM 'vm1': checkpoint cp1.*no longer exists.*run without --incremental/);
   });
 
   test('full when a disk was resized, is not covered by the checkpoint, or is raw', () => {
     const records = [rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00', 8 * MiB), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00')];
-    expect(chooseBackupLevel(base({ checkpoints: [cp('cp1', 1)], checks: [ok('cp1')], records })).reason)
+    expect(chooseBackupLevel(base({ checkpoints: [cp('cp1', 1)], checks: [ok('cp1')], records })).disks[0]!.reason)
       .toBe(`disk vda (${8 * MiB} → ${16 * MiB} bytes) changed size since checkpoint cp1`);
-    expect(chooseBackupLevel(base({ checkpoints: [cp('cp1', 1, ['vda'])], checks: [ok('cp1', ['vda'])], records })).reason)
+    expect(chooseBackupLevel(base({ checkpoints: [cp('cp1', 1, ['vda'])], checks: [ok('cp1', ['vda'])], records })).disks[1]!.reason)
       .toBe('checkpoint cp1 has no bitmap for disk vdb');
     expect(chooseBackupLevel(base({ disks: [{ target: 'hda', virtualSize: MiB, format: 'raw' }] })).reason)
       .toBe('disk hda (raw) cannot hold checkpoint bitmaps (only qcow2 can)');
@@ -86,7 +105,8 @@ describe('chooseBackupLevel', () => {
     const d = chooseBackupLevel(base({ disks: [disks[0]!], checkpoints: [cp('cp1', 1)], checks: [ok('cp1')], records }));
     expect(d.level).toBe('incremental');
     const both = chooseBackupLevel(base({ checkpoints: [cp('cp1', 1)], checks: [ok('cp1')], records }));
-    expect(both).toEqual({ level: 'full', reason: 'checkpoint cp1 has no complete backup of disk vdb in this repository' });
+    expect(both.disks.map((x) => x.level)).toEqual(['incremental', 'full']);
+    expect(both.disks[1]!.reason).toBe("this repository has no backup of disk vdb of VM 'vm1' yet");
   });
 });
 
@@ -95,7 +115,7 @@ test('checkpoints made in the same second are ordered by their backups', () => {
     rec('a1', 'vda', 'cpA', '2025-01-01 00:00:00.100000'), rec('a2', 'vda', 'cpB', '2025-01-01 00:00:00.900000'),
   ];
   const d = chooseBackupLevel(base({ disks: [disks[0]!], checkpoints: [cp('cpB', 5, ['vda']), cp('cpA', 5, ['vda'])], checks: [ok('cpA', ['vda']), ok('cpB', ['vda'])], records }));
-  expect(d.level === 'incremental' && d.checkpoint).toBe('cpB');
+  expect(d.incrementalFrom).toBe('cpB');
   const reversed = chooseBackupLevel(base({ disks: [disks[0]!], checkpoints: [cp('cpA', 5, ['vda']), cp('cpB', 5, ['vda'])], checks: [ok('cpA', ['vda']), ok('cpB', ['vda'])], records }));
-  expect(reversed.level === 'incremental' && reversed.checkpoint).toBe('cpB');
+  expect(reversed.incrementalFrom).toBe('cpB');
 });

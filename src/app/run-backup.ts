@@ -1,0 +1,45 @@
+// `fleece backup` as one use case for the CLI and the daemon: resolve the VM, open its control plane, run the
+// repository backup (backup/repository-backup.ts), close what was opened.
+import { backupVmToRepository, type RepositoryBackupHooks, type RepositoryBackupSummary } from '../backup/repository-backup.js';
+import type { BackupRequest } from './backup-request.js';
+import { openControlPlane, type PlaneEnvironment } from './open-control-plane.js';
+import { VmRegistry, validateVmName, type VmEntry } from './vm-registry.js';
+
+/** The VM the request names: ad hoc (--qmp / --connect) or from the registry. Throws NotFoundError when unknown. */
+export async function resolveBackupTarget(request: Pick<BackupRequest, 'vm' | 'qmp' | 'guestAgent' | 'connect'>, configDir: string): Promise<VmEntry> {
+  if (request.connect !== undefined) return { name: request.vm, connect: request.connect };
+  validateVmName(request.vm);
+  if (request.qmp !== undefined) return { name: request.vm, qmp: request.qmp, ...(request.guestAgent ? { guestAgent: request.guestAgent } : {}) };
+  const entry = await new VmRegistry(configDir).get(request.vm);
+  return request.guestAgent ? { ...entry, guestAgent: request.guestAgent } : entry;
+}
+
+/** Runs one repository backup of `entry` as `request` says. Throws what backupVmToRepository throws. */
+export async function runBackup(
+  entry: VmEntry,
+  request: BackupRequest,
+  env: PlaneEnvironment,
+  hooks: RepositoryBackupHooks = {},
+): Promise<RepositoryBackupSummary> {
+  const plane = await openControlPlane(entry, { ...env, ...(request.scratchDir ? { scratchDir: request.scratchDir } : {}), ...(hooks.signal ? { signal: hooks.signal } : {}) });
+  try {
+    return await backupVmToRepository(
+      {
+        plane,
+        repo: request.repo,
+        ...(request.level ? { level: request.level } : {}),
+        ...(request.disks ? { disks: request.disks } : {}),
+        ...(request.compression ? { compression: request.compression } : {}),
+        ...(request.parallel ? { parallel: request.parallel } : {}),
+        ...(request.connections ? { connections: request.connections } : {}),
+        ...(request.bandwidth ? { bandwidth: request.bandwidth } : {}),
+        ...(request.trim ? { trim: true } : {}),
+        ...(request.quiesce ? { quiesce: request.quiesce } : {}),
+        ...(request.checkpoint ? { checkpointName: request.checkpoint } : {}),
+      },
+      hooks,
+    );
+  } finally {
+    await plane.close();
+  }
+}

@@ -1,0 +1,251 @@
+// The libvirt control plane: libvirt drives QEMU. A pull backup (virDomainBackupBegin with a backup XML and a
+// checkpoint XML: one libvirt job, one point in time for every disk), read over libvirt's NBD export, ended with
+// virDomainAbortJob (a pull job never completes by itself). Checkpoints are libvirt's own (`virsh checkpoint-list`).
+// Never a QMP client or qemu-monitor-command on a libvirt domain: libvirt owns its monitor.
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  LibvirtError,
+  VIR_ERR_NO_DOMAIN_CHECKPOINT,
+  VIR_ERR_OPERATION_INVALID,
+  type LibvirtConnection,
+} from '../../../native/libvirt/index.js';
+import type { CheckpointCheck, CheckpointDiskCheck } from '../../checkpoint/manager.js';
+import { escapeXml, parseCheckpointXml } from '../../checkpoint/checkpoint-xml.js';
+import { checkpointBitmaps, type Checkpoint } from '../../checkpoint/model.js';
+import { ConflictError, InvalidInputError, describeError } from '../../util/errors.js';
+import { getLogger } from '../../util/logger.js';
+import type { BeginRequest, ControlPlane, DiskExport, Inspection, PointInTime, SourceDisk } from './control-plane.js';
+import { domainDisks } from './libvirt-domain-disks.js';
+
+const log = getLogger('backup.libvirt');
+
+export interface LibvirtControlPlaneOptions {
+  /** The domain's name. */
+  vm: string;
+  conn: LibvirtConnection;
+  /** Where scratch images go (created 0700; libvirt's QEMU must be able to write there). */
+  scratchDir: string;
+  /** Where the NBD socket goes (a 0700 directory). */
+  runDir: string;
+  /** Closes the connection when the plane is closed (the plane opened it). */
+  ownsConnection?: boolean;
+}
+
+/** Sizes of the domain's disks, as libvirt's block info gives them (capacity = guest-visible size). */
+async function diskSizes(conn: LibvirtConnection, vm: string, targets: string[]): Promise<Map<string, number>> {
+  const sizes = new Map<string, number>();
+  for (const target of targets) sizes.set(target, (await conn.blockInfo(vm, target)).capacity);
+  return sizes;
+}
+
+/**
+ * The state of one checkpoint on each of its disks. libvirt computes a checkpoint's size by merging its bitmaps,
+ * and refuses with VIR_ERR_CHECKPOINT_INCONSISTENT ("missing or broken bitmap 'cp' for disk 'vda'") when one is
+ * gone or broken: that is the check libvirt itself makes before an incremental backup.
+ */
+async function checkCheckpoint(conn: LibvirtConnection, vm: string, cp: Checkpoint): Promise<CheckpointCheck> {
+  const bitmaps = checkpointBitmaps(cp);
+  const disks: CheckpointDiskCheck[] = bitmaps.map(({ disk, bitmap }) => ({ checkpoint: cp.name, disk, bitmap, state: 'ok' }));
+  try {
+    await conn.checkpointXml(vm, cp.name, { size: true, noDomain: true });
+  } catch (error) {
+    const message = error instanceof LibvirtError ? error.libvirtMessage : describeError(error);
+    const named = disks.filter((d) => message.includes(`'${d.disk}'`));
+    for (const d of named.length > 0 ? named : disks) {
+      d.state = /missing/.test(message) ? 'missing' : 'inconsistent';
+      d.detail = message;
+    }
+  }
+  return { name: cp.name, valid: disks.every((d) => d.state === 'ok'), disks };
+}
+
+/** libvirt's checkpoints of a domain, parsed, with their state. */
+export async function libvirtCheckpoints(
+  conn: LibvirtConnection,
+  vm: string,
+  options: { validate: boolean },
+): Promise<{ checkpoints: Checkpoint[]; checks: CheckpointCheck[]; unreadable: string[] }> {
+  const checkpoints: Checkpoint[] = [];
+  const unreadable: string[] = [];
+  for (const name of await conn.listCheckpoints(vm)) {
+    try {
+      const def = parseCheckpointXml(await conn.checkpointXml(vm, name, { noDomain: true }));
+      checkpoints.push({ ...def, creationTime: def.creationTime ?? 0 });
+    } catch (error) {
+      log.warn({ vm, checkpoint: name, err: error }, 'a libvirt checkpoint could not be read; it is not used');
+      unreadable.push(name);
+    }
+  }
+  const checks: CheckpointCheck[] = [];
+  if (options.validate) for (const cp of checkpoints) checks.push(await checkCheckpoint(conn, vm, cp));
+  return { checkpoints, checks, unreadable };
+}
+
+function backupXml(socket: string, disks: { target: string; incrementalFrom?: string; scratch: string }[], all: string[]): string {
+  const lines = ["<domainbackup mode='pull'>", `  <server transport='unix' socket='${escapeXml(socket)}'/>`, '  <disks>'];
+  for (const target of all) {
+    const d = disks.find((x) => x.target === target);
+    if (!d) {
+      lines.push(`    <disk name='${escapeXml(target)}' backup='no'/>`);
+      continue;
+    }
+    const mode = d.incrementalFrom ? ` backupmode='incremental' incremental='${escapeXml(d.incrementalFrom)}'` : " backupmode='full'";
+    lines.push(`    <disk name='${escapeXml(target)}' backup='yes' type='file'${mode}>`);
+    lines.push(`      <scratch file='${escapeXml(d.scratch)}'/>`);
+    lines.push('    </disk>');
+  }
+  lines.push('  </disks>', '</domainbackup>');
+  return `${lines.join('\n')}\n`;
+}
+
+function checkpointXml(name: string, bitmapDisks: string[], all: string[]): string {
+  const disks = all.map((t) => `    <disk name='${escapeXml(t)}' checkpoint='${bitmapDisks.includes(t) ? 'bitmap' : 'no'}'/>`);
+  return `<domaincheckpoint>\n  <name>${escapeXml(name)}</name>\n  <disks>\n${disks.join('\n')}\n  </disks>\n</domaincheckpoint>\n`;
+}
+
+export class LibvirtControlPlane implements ControlPlane {
+  readonly kind = 'libvirt' as const;
+  readonly vm: string;
+
+  constructor(private readonly options: LibvirtControlPlaneOptions) {
+    this.vm = options.vm;
+  }
+
+  async inspect(): Promise<Inspection> {
+    const { conn } = this.options;
+    const xml = await conn.domainXml(this.vm);
+    const { disks, skipped } = domainDisks(xml);
+    const sizes = await diskSizes(conn, this.vm, disks.map((d) => d.target));
+    const { checkpoints, checks } = await libvirtCheckpoints(conn, this.vm, { validate: true });
+    const source: SourceDisk[] = disks.map((d) => ({
+      target: d.target, virtualSize: sizes.get(d.target)!, format: d.format, ...(d.path ? { path: d.path } : {}),
+    }));
+    return { disks: source, skipped, checkpoints, checks, canCheckpoint: true, guestConfig: { format: 'libvirt-domain-xml', text: xml } };
+  }
+
+  /** Refuses at once when the domain runs a job (a second BackupBegin would block 30 s on libvirt's job lock). */
+  async #refuseBusy(): Promise<void> {
+    const stats = await this.options.conn.jobStats(this.vm);
+    if (stats.type !== 'none') {
+      const op = stats.operation !== undefined ? ` (operation ${stats.operation})` : '';
+      throw new ConflictError(`another backup job is already running for VM '${this.vm}': libvirt reports an active ${stats.type} job${op}`, {
+        hint: `wait for it to end, or abort it with \`fleece domjobabort ${this.vm}\` (or \`virsh domjobabort ${this.vm}\`)`,
+      });
+    }
+  }
+
+  async begin(request: BeginRequest): Promise<PointInTime> {
+    const { conn, vm } = { conn: this.options.conn, vm: this.vm };
+    await this.#refuseBusy();
+    const xml = await conn.domainXml(vm);
+    const all = domainDisks(xml);
+    const allTargets = [...all.disks.map((d) => d.target), ...all.skipped.map((d) => d.target)];
+    for (const d of request.disks) {
+      if (!all.disks.some((x) => x.target === d.target)) throw new InvalidInputError(`VM '${vm}' has no disk '${d.target}' that can be backed up`);
+    }
+    const sizes = await diskSizes(conn, vm, request.disks.map((d) => d.target));
+    const tag = randomBytes(3).toString('hex');
+    await mkdir(this.options.runDir, { recursive: true, mode: 0o700 });
+    await mkdir(this.options.scratchDir, { recursive: true, mode: 0o700 });
+    // A private directory per job: libvirt creates the socket, fleece removes the directory.
+    const socketDir = join(this.options.runDir, `${vm}-${tag}`);
+    await mkdir(socketDir, { mode: 0o700 });
+    const socket = join(socketDir, 'nbd.sock');
+    const disks = request.disks.map((d) => ({ ...d, scratch: join(this.options.scratchDir, `${vm}-${d.target}-${tag}.qcow2`) }));
+    const checkpoint = request.checkpoint && request.checkpoint.disks.length > 0 ? request.checkpoint : undefined;
+    const warnings: string[] = [];
+
+    const quiesce = request.quiesce ?? 'no';
+    let frozen = false;
+    if (quiesce !== 'no') {
+      try {
+        await conn.fsFreeze(vm);
+        frozen = true;
+      } catch (error) {
+        if (quiesce === 'yes') {
+          await rm(socketDir, { recursive: true, force: true });
+          throw new InvalidInputError(`cannot quiesce VM '${vm}': ${describeError(error)}`, {
+            cause: error,
+            hint: 'install and start qemu-guest-agent in the guest and give the domain a guest-agent channel, or use --quiesce=try',
+          });
+        }
+        warnings.push(`could not freeze the guest's file systems (${describeError(error)}): the backup is crash-consistent, not quiesced`);
+      }
+    }
+    let begun = false;
+    try {
+      await conn.backupBegin(vm, backupXml(socket, disks, allTargets), checkpoint ? checkpointXml(checkpoint.name, checkpoint.disks, allTargets) : null);
+      begun = true;
+    } catch (error) {
+      await rm(socketDir, { recursive: true, force: true });
+      throw error;
+    } finally {
+      if (frozen) await conn.fsThaw(vm).catch((error: unknown) => warnings.push(`thawing the guest's file systems failed: ${describeError(error)}`));
+    }
+    log.info({ vm, checkpoint: checkpoint?.name, disks: disks.map((d) => d.target) }, 'libvirt pull backup begun');
+
+    const exports: DiskExport[] = disks.map((d) => ({
+      disk: d.target,
+      exportName: d.target,
+      socket,
+      uri: `nbd+unix:///${encodeURIComponent(d.target)}?socket=${socket}`,
+      context: d.incrementalFrom ? `qemu:dirty-bitmap:backup-${d.target}` : 'base:allocation',
+      ...(d.incrementalFrom ? { incrementalFrom: d.incrementalFrom } : {}),
+      size: sizes.get(d.target)!,
+    }));
+
+    let ended: Promise<void> | undefined;
+    const endJob = (): Promise<void> => {
+      ended ??= (async () => {
+        if (!begun) return;
+        try {
+          await conn.abortJob(vm);
+        } catch (error) {
+          // The job is already gone (it failed on its own, or someone aborted it): nothing to end.
+          if (!(error instanceof LibvirtError && error.libvirtCode === VIR_ERR_OPERATION_INVALID)) throw error;
+        } finally {
+          await rm(socketDir, { recursive: true, force: true });
+          for (const d of disks) await unlink(d.scratch).catch(() => undefined);
+        }
+      })();
+      return ended;
+    };
+    const removeCheckpoint = async () => {
+      if (!checkpoint) return;
+      try {
+        await conn.checkpointDelete(vm, checkpoint.name);
+      } catch (error) {
+        if (!(error instanceof LibvirtError && error.libvirtCode === VIR_ERR_NO_DOMAIN_CHECKPOINT)) throw error;
+      }
+    };
+    return {
+      checkpoint: checkpoint?.name ?? null,
+      exports,
+      warnings,
+      finish: async () => {
+        // The job must still be there: a pull job that ended on its own failed (scratch full, QEMU gone).
+        const stats = await conn.jobStats(vm);
+        if (stats.type !== 'unbounded') {
+          await endJob().catch(() => undefined);
+          await removeCheckpoint().catch(() => undefined);
+          throw new ConflictError(`the libvirt backup job of VM '${vm}' ended before fleece finished reading (job state: ${stats.type})`, {
+            hint: 'see libvirtd\'s log for why (a full scratch directory, QEMU stopped); the new checkpoint was removed, take the backup again',
+          });
+        }
+        await endJob();
+        return { warnings: [] };
+      },
+      abort: async (reason?: unknown) => {
+        log.info({ vm, reason: reason === undefined ? undefined : describeError(reason) }, 'aborting the libvirt pull backup');
+        await endJob().catch((error: unknown) => log.warn({ vm, err: error }, 'virDomainAbortJob failed'));
+        await removeCheckpoint().catch((error: unknown) => log.warn({ vm, err: error }, 'the new checkpoint could not be removed'));
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.options.ownsConnection) await this.options.conn.close();
+  }
+}

@@ -1,0 +1,131 @@
+// The QMP control plane: fleece drives QEMU itself — the checkpoint's bitmaps and the fleecing of every disk in one
+// transaction, an NBD server exporting each disk's scratch node, the guest frozen through its agent around it.
+import { join } from 'node:path';
+import type { CheckpointManager, PreparedCheckpoint } from '../../checkpoint/manager.js';
+import { queryDisks } from '../../qemu/block-graph.js';
+import { GuestAgentClient } from '../../qemu/guest-agent.js';
+import type { QmpExecutor } from '../../qmp/index.js';
+import { InvalidInputError, describeError } from '../../util/errors.js';
+import type { BackupRegistry } from '../backup-registry.js';
+import { startPullBackup } from '../pull-backup.js';
+import type { BeginRequest, ControlPlane, Inspection, PointInTime } from './control-plane.js';
+
+export interface QmpControlPlaneOptions {
+  vm: string;
+  qmp: QmpExecutor;
+  checkpoints: CheckpointManager;
+  /** Where scratch images go (created 0700). */
+  scratchDir: string;
+  /** Where the NBD socket goes (mode 0600 in a 0700 directory). */
+  runDir: string;
+  /** The guest agent's socket, for quiesce. */
+  guestAgent?: string;
+  /** One backup per VM at a time (the daemon passes its registry). */
+  registry?: BackupRegistry;
+  /** Closes the QMP connection when the plane is closed (the plane opened it). */
+  onClose?: () => Promise<void>;
+}
+
+export class QmpControlPlane implements ControlPlane {
+  readonly kind = 'qmp' as const;
+  readonly vm: string;
+
+  constructor(private readonly options: QmpControlPlaneOptions) {
+    this.vm = options.vm;
+  }
+
+  async inspect(options: { signal?: AbortSignal } = {}): Promise<Inspection> {
+    const { qmp, checkpoints } = this.options;
+    const signal = options.signal ? { signal: options.signal } : {};
+    const [disks, list, checks] = await Promise.all([queryDisks(qmp, signal), checkpoints.list(), checkpoints.validate(signal)]);
+    return {
+      disks: disks.map((d) => ({ target: d.target, virtualSize: d.virtualSize, format: d.format, path: d.filename })),
+      skipped: [],
+      checkpoints: list,
+      checks,
+      canCheckpoint: true,
+    };
+  }
+
+  async begin(request: BeginRequest): Promise<PointInTime> {
+    const { vm, qmp, checkpoints } = this.options;
+    const { signal } = request;
+    const all = await queryDisks(qmp, signal ? { signal } : {});
+    const disks = request.disks.map((d) => {
+      const disk = all.find((x) => x.target === d.target);
+      if (!disk) throw new InvalidInputError(`VM '${vm}' has no disk '${d.target}'`);
+      return { disk, ...(d.incrementalFrom ? { incrementalFrom: d.incrementalFrom } : {}) };
+    });
+    let prepared: PreparedCheckpoint | undefined;
+    if (request.checkpoint && request.checkpoint.disks.length > 0) {
+      prepared = await checkpoints.prepareCreate(request.checkpoint.name, { disks: request.checkpoint.disks, ...(signal ? { signal } : {}) });
+    }
+    const warnings: string[] = [];
+    const quiesce = request.quiesce ?? 'no';
+    let agent: GuestAgentClient | undefined;
+    let frozen = false;
+    if (quiesce !== 'no') {
+      if (!this.options.guestAgent) {
+        const message = `--quiesce needs the guest agent socket of VM '${vm}'`;
+        const hint = 'pass --guest-agent PATH or register the VM with `fleece vm add NAME --qmp … --guest-agent PATH`';
+        if (quiesce === 'yes') throw new InvalidInputError(message, { hint });
+        warnings.push(`${message}: the backup is crash-consistent, not quiesced (${hint})`);
+      } else {
+        try {
+          agent = await GuestAgentClient.connect(this.options.guestAgent, signal ? { signal } : {});
+          await agent.freeze(signal ? { signal } : {});
+          frozen = true;
+        } catch (error) {
+          agent?.close();
+          agent = undefined;
+          if (quiesce === 'yes') throw error;
+          warnings.push(`could not freeze the guest's file systems (${describeError(error)}): the backup is crash-consistent, not quiesced`);
+        }
+      }
+    }
+    let session;
+    try {
+      session = await startPullBackup({
+        vm,
+        qmp,
+        disks,
+        ...(prepared ? { checkpointActions: prepared.actions, recordCheckpoint: () => checkpoints.commitCreated(prepared.checkpoint) } : {}),
+        scratchDir: this.options.scratchDir,
+        runDir: this.options.runDir,
+        exportWritable: request.exportWritable ?? false,
+        ...(this.options.registry ? { registry: this.options.registry } : {}),
+        ...(signal ? { signal } : {}),
+      });
+    } finally {
+      if (frozen && agent) {
+        await agent.thaw().catch((error: unknown) => warnings.push(`guest-fsfreeze-thaw failed: ${describeError(error)}`));
+      }
+      agent?.close();
+    }
+    const pull = session;
+    return {
+      checkpoint: prepared?.checkpoint.name ?? null,
+      exports: pull.exports.map((e) => ({
+        disk: e.disk,
+        exportName: e.exportName,
+        ...(e.socket ? { socket: e.socket } : {}),
+        uri: e.uri,
+        context: e.context,
+        ...(e.incrementalFrom ? { incrementalFrom: e.incrementalFrom } : {}),
+        size: e.size,
+      })),
+      warnings,
+      finish: async () => ({ warnings: (await pull.finish()).warnings }),
+      abort: (reason?: unknown) => pull.abort(reason),
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.options.onClose?.().catch(() => undefined);
+  }
+}
+
+/** The default scratch directory under a state directory. */
+export function defaultScratchDir(stateDir: string): string {
+  return join(stateDir, 'scratch');
+}
