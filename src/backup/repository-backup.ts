@@ -23,7 +23,8 @@ import {
 } from '../repository/index.js';
 import { AbortedError, InvalidInputError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
-import type { ControlPlane, DiskExport, PointInTime, QuiesceMode, SourceDisk } from './control/control-plane.js';
+import { CheckpointBitmapInvalidError, type ControlPlane, type DiskExport, type PointInTime, type QuiesceMode, type SourceDisk } from './control/control-plane.js';
+import type { CheckpointCheck } from '../checkpoint/manager.js';
 import { chooseBackupLevel, type DiskLevel, type LevelDecision, type RequestedLevel } from './level.js';
 import { volumeIdFor } from './volume-id.js';
 
@@ -129,6 +130,15 @@ class RateLimiter {
   }
 }
 
+/** The checks with one checkpoint's bitmap on one disk marked inconsistent, with the hypervisor's words. */
+function markBitmapInvalid(checks: readonly CheckpointCheck[], error: CheckpointBitmapInvalidError): CheckpointCheck[] {
+  return checks.map((c) => {
+    if (c.name !== error.checkpoint) return c;
+    const disks = c.disks.map((d) => (d.disk === error.disk ? { ...d, state: 'inconsistent' as const, detail: error.detail } : d));
+    return { ...c, disks, valid: disks.every((d) => d.state === 'ok') };
+  });
+}
+
 /** A checkpoint name from the clock: `fleece-20250102T030405.678Z`. */
 export function defaultCheckpointName(now = new Date()): string {
   return `fleece-${now.toISOString().replace(/[-:]/g, '')}`;
@@ -216,12 +226,11 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   }
   const disks = selectDisks(vm, inspection.disks, options.disks, inspection.skipped);
   const records = await repo.list({ vm, ...(signal ? { signal } : {}) });
-  const decision: LevelDecision = chooseBackupLevel({
-    vm, requested: options.level ?? 'auto', disks, checkpoints: inspection.checkpoints, checks: inspection.checks, records,
+  let checks = inspection.checks;
+  const decide = (): LevelDecision => chooseBackupLevel({
+    vm, requested: options.level ?? 'auto', disks, checkpoints: inspection.checkpoints, checks, records,
   });
-  const incrementalFrom = decision.incrementalFrom;
-  emit({ type: 'level', level: decision.level, reason: decision.reason, incrementalFrom, disks: decision.disks });
-  log.info({ vm, level: decision.level, reason: decision.reason }, 'backup level chosen');
+  let decision = decide();
   const levelOf = (target: string) => decision.disks.find((d) => d.target === target)!;
 
   // 2. The new checkpoint covers the disks that can hold a bitmap.
@@ -244,17 +253,31 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   let checkpointName: string | null = null;
 
   try {
-    // 3. One point in time of every disk (with the checkpoint), exported.
-    point = await plane.begin({
-      disks: disks.map((disk) => {
-        const level = levelOf(disk.target);
-        return { target: disk.target, ...(level.level === 'incremental' ? { incrementalFrom: level.checkpoint } : {}) };
-      }),
-      ...(wantsCheckpoint ? { checkpoint: { name: options.checkpointName ?? defaultCheckpointName(), disks: bitmapDisks } } : {}),
-      quiesce,
-      exportWritable: options.trim ?? false,
-      signal: inner.signal,
-    });
+    // 3. One point in time of every disk (with the checkpoint), exported. A bitmap the hypervisor refuses when
+    // it takes the point in time (libvirt validates them itself) makes that disk full: decide again and retry.
+    const newCheckpoint = options.checkpointName ?? defaultCheckpointName();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        point = await plane.begin({
+          disks: disks.map((disk) => {
+            const level = levelOf(disk.target);
+            return { target: disk.target, ...(level.level === 'incremental' ? { incrementalFrom: level.checkpoint } : {}) };
+          }),
+          ...(wantsCheckpoint ? { checkpoint: { name: newCheckpoint, disks: bitmapDisks } } : {}),
+          quiesce,
+          exportWritable: options.trim ?? false,
+          signal: inner.signal,
+        });
+        break;
+      } catch (error) {
+        if (!(error instanceof CheckpointBitmapInvalidError) || attempt >= 4 * disks.length + 4) throw error;
+        log.info({ vm, checkpoint: error.checkpoint, disk: error.disk, detail: error.detail }, 'a checkpoint bitmap was refused; deciding again');
+        checks = markBitmapInvalid(checks, error);
+        decision = decide();
+      }
+    }
+    emit({ type: 'level', level: decision.level, reason: decision.reason, incrementalFrom: decision.incrementalFrom, disks: decision.disks });
+    log.info({ vm, level: decision.level, reason: decision.reason }, 'backup level chosen');
     checkpointName = point.checkpoint;
     for (const warning of point.warnings) emit({ type: 'warning', message: warning });
 
@@ -372,7 +395,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     level: decision.level,
     reason: decision.reason,
     checkpoint: checkpointName,
-    incrementalFrom,
+    incrementalFrom: decision.incrementalFrom,
     groupId,
     disks: committed,
     skipped: inspection.skipped.map((d) => ({ disk: d.target, reason: d.reason })),

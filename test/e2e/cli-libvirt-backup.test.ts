@@ -30,7 +30,7 @@ interface DomainFixture {
   images: Record<string, string>;
 }
 
-async function domainFixture(name: string, targets: string[], size = 32 * MiB, h?: LibvirtHarness): Promise<DomainFixture> {
+async function domainFixture(name: string, targets: string[], size = 32 * MiB, h?: LibvirtHarness, readOnly?: string): Promise<DomainFixture> {
   const dir = await makeTempDir(`libvirt-${name}`);
   h ??= await sharedLibvirt();
   const images: Record<string, string> = {};
@@ -38,9 +38,11 @@ async function domainFixture(name: string, targets: string[], size = 32 * MiB, h
     images[t] = join(dir, `${t}.qcow2`);
     await createImage(images[t]!, 'qcow2', size);
   }
+  const extra = readOnly ? [{ target: readOnly, path: join(dir, `${readOnly}.raw`), format: 'raw' as const, readonly: true }] : [];
+  for (const d of extra) await createImage(d.path, 'raw', MiB);
   const dom = await defineTestDomain(h, {
     name: `fleece-test-${name}-${process.pid}`,
-    disks: targets.map((t) => ({ target: t, path: images[t]!, format: 'qcow2' as const })),
+    disks: [...targets.map((t) => ({ target: t, path: images[t]!, format: 'qcow2' as const })), ...extra],
   });
   return { dir, h, dom, images };
 }
@@ -77,7 +79,7 @@ describeLibvirt('fleece backup of a libvirt domain (real libvirtd)', () => {
     if (f) await removeTempDir(f.dir);
   }, 60_000);
   const repo = () => join(f.dir, 'repo');
-  const backup = (extra: string[] = []) => runCliJson<BackupJson & { controlPlane: string }>(f.dir, ['backup', f.dom.name, '--connect', f.h.uri, '--repo', repo(), ...extra]);
+  const backup = (extra: string[] = []) => runCliJson<BackupJson>(f.dir, ['backup', f.dom.name, '--connect', f.h.uri, '--repo', repo(), ...extra]);
   const write = async (offset: number, length: number, pattern: number) => {
     await f.dom.write('vda', offset, length, pattern);
     await f.dom.qemuIo('vda', 'flush');
@@ -178,10 +180,20 @@ describeLibvirt('fleece backup of a libvirt domain (real libvirtd)', () => {
   }, 60_000);
 });
 
+/** Removes a bitmap behind libvirt's back, as a crash or a storage move loses one (qemu-monitor-command: tests only). */
+async function dropBitmap(h: LibvirtHarness, domain: string, image: string, bitmap: string): Promise<void> {
+  const nodes = JSON.parse(await h.virsh(['qemu-monitor-command', domain, '{"execute":"query-named-block-nodes","arguments":{"flat":true}}']))
+    .return as { 'node-name': string; drv: string; file: string; 'dirty-bitmaps'?: { name: string }[] }[];
+  const node = nodes.find((n) => n.drv === 'qcow2' && n.file === image && n['dirty-bitmaps']?.some((b) => b.name === bitmap));
+  if (!node) throw new Error(`no qcow2 node of ${image} has bitmap ${bitmap}`);
+  const command = { execute: 'block-dirty-bitmap-remove', arguments: { node: node['node-name'], name: bitmap } };
+  await h.virsh(['qemu-monitor-command', domain, JSON.stringify(command)]);
+}
+
 describeLibvirt('fleece backup of a two-disk libvirt domain, running and shut off', () => {
   let f: DomainFixture;
   beforeAll(async () => {
-    f = await domainFixture('two', ['vda', 'vdb'], 16 * MiB);
+    f = await domainFixture('two', ['vda', 'vdb'], 16 * MiB, undefined, 'vdc');
   }, 120_000);
   afterAll(async () => {
     await f?.dom.remove();
@@ -197,7 +209,21 @@ describeLibvirt('fleece backup of a two-disk libvirt domain, running and shut of
     for (const t of ['vda', 'vdb']) await f.dom.qemuIo(t, 'flush');
     const full = await runCliJson<BackupJson>(f.dir, ['backup', f.dom.name, '--repo', repo]);
     expect(full.disks.map((d) => [d.disk, d.bytesRead])).toEqual([['vda', 2 * MiB], ['vdb', MiB]]);
+    expect(full.skipped).toEqual([{ disk: 'vdc', reason: 'it is read-only' }]);
     expect(new Set(full.disks.map(() => full.groupId)).size).toBe(1);
+
+    // Bitmaps lost behind libvirt's back: that disk alone is full, with libvirt's reason; the other incremental.
+    const lost = await runCliJson<BackupJson>(f.dir, ['backup', f.dom.name, '--repo', repo]);
+    expect(lost.level).toBe('incremental');
+    // (Every checkpoint's bitmap records, so an older checkpoint would still do: drop them all on vdb.)
+    for (const cp of [lost.checkpoint!, full.checkpoint!]) await dropBitmap(f.h, f.dom.name, f.images.vdb!, cp);
+    await f.dom.write('vda', 0, 64 * KiB, 0x54);
+    await f.dom.qemuIo('vda', 'flush');
+    const mixed = await runCliJson<BackupJson>(f.dir, ['backup', f.dom.name, '--repo', repo]);
+    expect(mixed.disks.map((d) => [d.disk, d.level])).toEqual([['vda', 'incremental'], ['vdb', 'full']]);
+    expect(mixed.disks[0]!.bytesRead).toBe(64 * KiB);
+    expect(mixed.disks[1]!.reason).toMatch(new RegExp(`checkpoint ${lost.checkpoint} is not valid \\(disk vdb: bitmap ${lost.checkpoint} (missing|inconsistent)`));
+    expect(mixed.disks[1]!.reason).toContain(`checkpoint ${full.checkpoint} is not valid`);
 
     await f.dom.write('vdb', 8 * MiB, 64 * KiB, 0x53);
     await f.dom.qemuIo('vdb', 'flush');
@@ -207,10 +233,11 @@ describeLibvirt('fleece backup of a two-disk libvirt domain, running and shut of
       await snapshotRaw(f.images[t]!, join(f.dir, `${t}-off.raw`));
       shas[t] = await sha256File(join(f.dir, `${t}-off.raw`));
     }
-    const offline = await runCliJson<BackupJson & { controlPlane: string }>(f.dir, ['backup', f.dom.name, '--repo', repo]);
+    const offline = await runCliJson<BackupJson>(f.dir, ['backup', f.dom.name, '--repo', repo]);
     expect(offline.controlPlane).toBe('offline');
+    expect(offline.skipped).toEqual([{ disk: 'vdc', reason: 'it is read-only' }]);
     expect(offline.level).toBe('incremental');
-    expect(offline.incrementalFrom).toBe(full.checkpoint);
+    expect(offline.incrementalFrom).toBe(mixed.checkpoint);
     expect(offline.checkpoint).toBeNull();
     expect(offline.disks.map((d) => [d.disk, d.bytesRead])).toEqual([['vda', 0], ['vdb', 64 * KiB]]);
     for (const d of offline.disks) {

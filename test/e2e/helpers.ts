@@ -55,7 +55,12 @@ export interface BackupJson {
   checkpoint: string | null;
   incrementalFrom: string | null;
   groupId: string;
-  disks: { disk: string; backupId: string; parentId: string | null; bytesRead: number; bytesStored: number; objects: number; size: number }[];
+  controlPlane: 'qmp' | 'libvirt' | 'offline';
+  disks: {
+    disk: string; level: 'full' | 'incremental'; reason: string; backupId: string; parentId: string | null;
+    bytesRead: number; bytesStored: number; objects: number; size: number;
+  }[];
+  skipped: { disk: string; reason: string }[];
   durationMs: number;
   bytesRead: number;
   bytesStored: number;

@@ -6,6 +6,7 @@
 //   begin()   ──► PointInTime { exports[] }  ──► consumer reads ──► finish() | abort()
 import type { CheckpointCheck } from '../../checkpoint/manager.js';
 import type { Checkpoint } from '../../checkpoint/model.js';
+import { FleeceError } from '../../util/errors.js';
 
 export type ControlPlaneKind = 'qmp' | 'libvirt' | 'offline';
 
@@ -96,4 +97,22 @@ export interface ControlPlane {
   begin(request: BeginRequest): Promise<PointInTime>;
   /** Releases connections the control plane opened itself. Never throws. */
   close(): Promise<void>;
+}
+
+/**
+ * The hypervisor refused a checkpoint's bitmap on one disk when the point in time was taken (libvirt:
+ * "checkpoint inconsistent: missing or broken bitmap 'cp' for disk 'vda'"). The backup then takes that disk full.
+ */
+export class CheckpointBitmapInvalidError extends FleeceError {
+  constructor(
+    readonly checkpoint: string,
+    readonly disk: string,
+    readonly detail: string,
+    options: { cause?: unknown } = {},
+  ) {
+    super('CONFLICT', `checkpoint ${checkpoint} cannot be used for disk ${disk}: ${detail}`, {
+      ...options,
+      hint: `back the disk up full (fleece does so by itself unless --incremental was given), then delete the checkpoint`,
+    });
+  }
 }

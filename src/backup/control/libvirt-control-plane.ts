@@ -7,6 +7,7 @@ import { mkdir, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   LibvirtError,
+  VIR_ERR_CHECKPOINT_INCONSISTENT,
   VIR_ERR_NO_DOMAIN_CHECKPOINT,
   VIR_ERR_OPERATION_INVALID,
   type LibvirtConnection,
@@ -16,7 +17,7 @@ import { escapeXml, parseCheckpointXml } from '../../checkpoint/checkpoint-xml.j
 import { checkpointBitmaps, type Checkpoint } from '../../checkpoint/model.js';
 import { ConflictError, InvalidInputError, describeError } from '../../util/errors.js';
 import { getLogger } from '../../util/logger.js';
-import type { BeginRequest, ControlPlane, DiskExport, Inspection, PointInTime, SourceDisk } from './control-plane.js';
+import { CheckpointBitmapInvalidError, type BeginRequest, type ControlPlane, type DiskExport, type Inspection, type PointInTime, type SourceDisk } from './control-plane.js';
 import { domainDisks } from './libvirt-domain-disks.js';
 
 const log = getLogger('backup.libvirt');
@@ -180,6 +181,10 @@ export class LibvirtControlPlane implements ControlPlane {
       begun = true;
     } catch (error) {
       await rm(socketDir, { recursive: true, force: true });
+      // libvirt checks each incremental's bitmaps itself: a missing or broken one makes that disk full.
+      const broken = error instanceof LibvirtError && error.libvirtCode === VIR_ERR_CHECKPOINT_INCONSISTENT
+        ? /bitmap '([^']+)' for disk '([^']+)'/.exec(error.libvirtMessage) : null;
+      if (broken) throw new CheckpointBitmapInvalidError(broken[1]!, broken[2]!, (error as LibvirtError).libvirtMessage, { cause: error });
       throw error;
     } finally {
       if (frozen) await conn.fsThaw(vm).catch((error: unknown) => warnings.push(`thawing the guest's file systems failed: ${describeError(error)}`));
