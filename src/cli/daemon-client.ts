@@ -164,6 +164,11 @@ export class DaemonClient {
     await this.request('DELETE', `/v1/vms/${seg(vm)}/checkpoints/${seg(name)}${options.metadataOnly ? '?metadataOnly=true' : ''}`);
   }
 
+  /** POST /v1/vms/:vm/backups: a repository backup job, with the same options as `fleece backup`. */
+  async repositoryBackup(vm: string, body: Record<string, unknown>): Promise<JobInfo> {
+    return (await this.request<{ job: JobInfo }>('POST', `/v1/vms/${seg(vm)}/backups`, body)).job;
+  }
+
   async backupBegin(vm: string, body: BackupBeginBody): Promise<JobInfo> {
     return (await this.request<{ job: JobInfo }>('POST', `/v1/vms/${seg(vm)}/backup-begin`, body)).job;
   }

@@ -67,9 +67,17 @@ describeLibvirt('fleeced with a libvirt domain', () => {
     expect(inc.dataTotal).toBe(64 * 1024);
     expect((await h.virsh(['domjobinfo', dom.name])).split('\n')[0]).toMatch(/None/);
 
+    // `fleece backup` of a VM the running fleeced owns becomes that daemon's job (one process owns each VM).
+    const viaCli = await runCli(dir, ['--daemon-socket', d.socket, 'backup', dom.name, '--repo', repo, '--json']);
+    expect(viaCli.exitCode).toBe(0);
+    const summary = JSON.parse(viaCli.stdout) as { level: string; controlPlane: string; incrementalFrom: string };
+    expect(summary).toMatchObject({ level: 'incremental', controlPlane: 'libvirt', incrementalFrom: inc.checkpoint });
+    const jobs = (await d.request('GET', '/v1/jobs')).body.jobs as { kind: string }[];
+    expect(jobs.filter((j) => j.kind === 'repository')).toHaveLength(3);
+
     const list = await runCli(dir, ['list', '--repo', repo, '--json']);
     const records = JSON.parse(list.stdout) as { backupId: string; parentId: string | null }[];
-    const newest = records.find((r) => r.parentId !== null)!;
+    const newest = records.find((r) => r.parentId !== null && r.backupId !== (summary as unknown as { disks: { backupId: string }[] }).disks[0]!.backupId)!;
     const restored = await runCli(dir, ['restore', '--repo', repo, '--backup', newest.backupId, '--out', join(dir, 'r.raw'), '--format', 'raw']);
     expect(restored.exitCode).toBe(0);
     expect(await sha256File(join(dir, 'r.raw'))).toBe(await sha256File(join(dir, 'ref.raw')));

@@ -6,6 +6,8 @@ import { checkBackupRequest, type BackupRequest } from '../../app/backup-request
 import { resolveBackupTarget, runBackup } from '../../app/run-backup.js';
 import type { Compression } from '../../app/vocabulary.js';
 import type { CliContext } from '../context.js';
+import { detectDaemon, type DaemonClient } from '../daemon-client.js';
+import { AbortedError, FleeceError } from '../../util/errors.js';
 import { collect, parseByteSize, parsePositiveInt } from '../errors.js';
 import { formatBytes } from '../progress.js';
 
@@ -92,6 +94,12 @@ Examples:
     .action(async (vm: string, flags: BackupFlags) => {
       const ctx = context();
       const request = requestFromFlags(vm, flags);
+      // One process owns each VM: when a fleeced runs and knows this VM, the backup is its job.
+      const daemon = await detectDaemon(ctx.daemonSocket);
+      if (daemon && (await daemon.listVms()).some((v) => v.name === vm)) {
+        await backupThroughDaemon(ctx, daemon, request);
+        return;
+      }
       const entry = await resolveBackupTarget(request, ctx.configDir);
       const progress = ctx.progress();
       try {
@@ -111,4 +119,34 @@ Examples:
         progress.stop();
       }
     });
+}
+
+/** Runs the backup as a job of the fleeced that owns the VM: the same request, its progress, its summary. */
+async function backupThroughDaemon(ctx: CliContext, daemon: DaemonClient, request: BackupRequest): Promise<void> {
+  const { vm, qmp: _qmp, connect: _connect, guestAgent: _agent, ...body } = request;
+  ctx.info(`backing up VM '${vm}' as a job of fleeced (${daemon.socketPath})`);
+  let job = await daemon.repositoryBackup(vm, body);
+  const progress = ctx.progress();
+  const onAbort = () => void daemon.abortJob(job.id).catch(() => undefined);
+  ctx.signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    let started = false;
+    for await (const event of daemon.jobEvents(job.id)) {
+      job = event.job;
+      if (!started && job.dataTotal > 0) {
+        progress.start(`backup ${vm}`, job.dataTotal);
+        started = true;
+      }
+      if (started) progress.update({ done: job.dataProcessed, total: job.dataTotal });
+    }
+    job = await daemon.job(job.id);
+  } finally {
+    ctx.signal.removeEventListener('abort', onAbort);
+    progress.stop();
+  }
+  if (job.state === 'cancelled' || ctx.signal.aborted) throw new AbortedError(`the backup of VM '${vm}' was interrupted; nothing of it was kept`);
+  if (job.state !== 'completed') throw new FleeceError('INTERNAL', `the backup job ${job.id} of VM '${vm}' ${job.state}: ${job.error ?? 'no reason given'}`);
+  const summary = job.result as RepositoryBackupSummary;
+  if (ctx.json) ctx.printJson(summary);
+  else printSummary(ctx, summary);
 }
