@@ -12,6 +12,7 @@ import { prepareLibvirtBackup, type BackupBeginRequest } from './jobs/libvirt-ba
 import { QmpPool, type VmConnection } from './jobs/qmp-pool.js';
 import { cleanupInterruptedJob } from './jobs/recover.js';
 import { prepareRepositoryBackup, type RepositoryBackupRequest } from './jobs/repository-backup.js';
+import { describeReconcile, reconcileVm } from './reconcile.js';
 import { VmRegistry } from './vm-registry.js';
 
 const log = getLogger('app.job-manager');
@@ -88,6 +89,13 @@ export class JobManager {
   }
 
   async #recover(): Promise<void> {
+    // Backups a killed process (a CLI, or the previous daemon) left on a registered VM, from their journals.
+    for (const entry of await this.registry.list().catch(() => [])) {
+      const qmp = entry.qmp !== undefined ? await this.pool.get(entry).catch(() => undefined) : undefined;
+      const report = await reconcileVm(entry.name, { stateDir: this.#options.stateDir, ...(qmp ? { qmp: qmp.qmp } : {}) })
+        .catch((error: unknown) => log.warn({ vm: entry.name, err: error }, 'could not read the backup journal'));
+      if (report) log.info({ vm: entry.name, cleaned: report.cleaned, failures: report.failures }, describeReconcile(report));
+    }
     const checkpointStore = new CheckpointStore(this.#options.stateDir);
     for (const record of await this.#store.list()) {
       const job: ManagedJob = {

@@ -56,7 +56,7 @@ export async function openControlPlane(entry: VmEntry, env: PlaneEnvironment): P
           runDir: env.runDir,
         });
       }
-      return new LibvirtControlPlane({ vm: entry.name, conn, scratchDir, runDir: env.runDir, ownsConnection: true });
+      return new LibvirtControlPlane({ vm: entry.name, conn, scratchDir, runDir: env.runDir, ownsConnection: true, connect: entry.connect });
     } catch (error) {
       await conn.close();
       throw error;
@@ -67,7 +67,7 @@ export async function openControlPlane(entry: VmEntry, env: PlaneEnvironment): P
   }
   if (env.qmp) {
     return new QmpControlPlane({
-      vm: entry.name, qmp: env.qmp.qmp, checkpoints: env.qmp.checkpoints, scratchDir, runDir: env.runDir,
+      vm: entry.name, qmp: env.qmp.qmp, checkpoints: env.qmp.checkpoints, scratchDir, runDir: env.runDir, qmpSocket: entry.qmp,
       ...(entry.guestAgent ? { guestAgent: entry.guestAgent } : {}), ...(env.registry ? { registry: env.registry } : {}),
     });
   }
@@ -79,7 +79,7 @@ export async function openControlPlane(entry: VmEntry, env: PlaneEnvironment): P
   const qmp = await QmpClient.connect({ path: entry.qmp }, { name: entry.name, ...(env.signal ? { signal: env.signal } : {}) });
   const checkpoints = new CheckpointManager({ qmp, store: new CheckpointStore(env.stateDir), vm: entry.name });
   return new QmpControlPlane({
-    vm: entry.name, qmp, checkpoints, scratchDir, runDir: env.runDir,
+    vm: entry.name, qmp, checkpoints, scratchDir, runDir: env.runDir, qmpSocket: entry.qmp,
     ...(entry.guestAgent ? { guestAgent: entry.guestAgent } : {}), ...(env.registry ? { registry: env.registry } : {}),
     onClose: () => qmp.close(),
   });

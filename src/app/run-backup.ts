@@ -1,7 +1,9 @@
 // `fleece backup` as one use case for the CLI and the daemon: resolve the VM, open its control plane, run the
 // repository backup (backup/repository-backup.ts), close what was opened.
 import { backupVmToRepository, type RepositoryBackupHooks, type RepositoryBackupSummary } from '../backup/repository-backup.js';
+import { BackupJournal } from '../backup/journal.js';
 import type { BackupRequest } from './backup-request.js';
+import { describeReconcile, reconcileVm } from './reconcile.js';
 import { openControlPlane, type PlaneEnvironment } from './open-control-plane.js';
 import { VmRegistry, validateVmName, type VmEntry } from './vm-registry.js';
 
@@ -21,11 +23,22 @@ export async function runBackup(
   env: PlaneEnvironment,
   hooks: RepositoryBackupHooks = {},
 ): Promise<RepositoryBackupSummary> {
-  const plane = await openControlPlane(entry, { ...env, ...(request.scratchDir ? { scratchDir: request.scratchDir } : {}), ...(hooks.signal ? { signal: hooks.signal } : {}) });
+  // First whatever an interrupted backup of this VM left, then take the VM for this process.
+  const report = await reconcileVm(entry.name, { stateDir: env.stateDir, ...(env.qmp ? { qmp: env.qmp.qmp } : {}) });
+  if (report) hooks.onEvent?.({ type: 'warning', message: describeReconcile(report) });
+  const journal = await BackupJournal.begin(env.stateDir, entry.name);
+  let plane;
+  try {
+    plane = await openControlPlane(entry, { ...env, ...(request.scratchDir ? { scratchDir: request.scratchDir } : {}), ...(hooks.signal ? { signal: hooks.signal } : {}) });
+  } catch (error) {
+    await journal.end();
+    throw error;
+  }
   try {
     return await backupVmToRepository(
       {
         plane,
+        journal,
         repo: request.repo,
         ...(request.level ? { level: request.level } : {}),
         ...(request.disks ? { disks: request.disks } : {}),
@@ -41,5 +54,6 @@ export async function runBackup(
     );
   } finally {
     await plane.close();
+    await journal.end();
   }
 }

@@ -26,6 +26,7 @@ import { getLogger } from '../util/logger.js';
 import { CheckpointBitmapInvalidError, type ControlPlane, type DiskExport, type PointInTime, type QuiesceMode, type SourceDisk } from './control/control-plane.js';
 import type { CheckpointCheck } from '../checkpoint/manager.js';
 import { chooseBackupLevel, type DiskLevel, type LevelDecision, type RequestedLevel } from './level.js';
+import type { BackupJournal } from './journal.js';
 import { volumeIdFor } from './volume-id.js';
 
 const log = getLogger('backup.repository');
@@ -57,6 +58,8 @@ export interface RepositoryBackupOptions {
   quiesce?: QuiesceMode | boolean;
   /** The new checkpoint's name; default `fleece-<UTC time>`. */
   checkpointName?: string;
+  /** Every effect of the backup is journaled here first (so that a killed process is cleaned up after). */
+  journal?: BackupJournal;
 }
 
 /** Progress: the disk that moved, its bytes, and the totals over all disks. */
@@ -247,6 +250,10 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   const onOuterAbort = () => inner.abort(signal?.reason);
   signal?.addEventListener('abort', onOuterAbort, { once: true });
   const committed: DiskBackupSummary[] = [];
+  const journaled: number[] = [];
+  const forgetRepositoryBackups = async () => {
+    for (const id of journaled.splice(0)) await options.journal?.clear(id).catch(() => undefined);
+  };
   const writers = new Set<BackupWriter>();
   const plans: DiskPlan[] = [];
   let point: PointInTime | undefined;
@@ -266,6 +273,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
           ...(wantsCheckpoint ? { checkpoint: { name: newCheckpoint, disks: bitmapDisks } } : {}),
           quiesce,
           exportWritable: options.trim ?? false,
+          ...(options.journal ? { journal: options.journal } : {}),
           signal: inner.signal,
         });
         break;
@@ -313,7 +321,12 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     // 5. Read every disk into its writer; a disk is durable once its writer finished (its _metadata written).
     await runLimited(plans, parallel, async (plan) => {
       const { disk, exp, source, level } = plan;
+      const backupId = randomUUID();
+      if (options.journal && typeof options.repo === 'string') {
+        journaled.push(await options.journal.record({ kind: 'repository-backup', repo: options.repo, backupId }));
+      }
       const writer = await repo.startBackup({
+        backupId,
         vm,
         disk: disk.target,
         volumeId: volumeIdFor(vm, disk.target),
@@ -370,15 +383,22 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     // 6. Every disk is durable: end the point in time, which keeps the new checkpoint.
     throwIfAborted(inner.signal, `the backup of VM '${vm}'`);
     const result = await point.finish();
+    await forgetRepositoryBackups();
     for (const warning of result.warnings) emit({ type: 'warning', message: warning });
   } catch (error) {
     inner.abort(error);
     for (const writer of writers) await writer.abort(error);
     for (const plan of plans) await plan.source?.close().catch(() => undefined);
     await point?.abort(error);
+    let undone = true;
     for (const c of committed.splice(0)) {
-      await repo.delete(c.backupId).catch((e: unknown) => log.warn({ err: e, backupId: c.backupId }, 'could not delete the backup of a failed VM backup'));
+      await repo.delete(c.backupId).catch((e: unknown) => {
+        undone = false;
+        log.warn({ err: e, backupId: c.backupId }, 'could not delete the backup of a failed VM backup');
+      });
     }
+    // What could not be deleted stays journaled, for the next process that touches the VM.
+    if (undone) await forgetRepositoryBackups();
     if (signal?.aborted) {
       throw new AbortedError(`the backup of VM '${vm}' was interrupted; nothing of it was kept and the previous backups and checkpoints are unchanged`, { cause: error });
     }

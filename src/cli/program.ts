@@ -7,6 +7,7 @@ import { registerBackupCommand } from './commands/backup.js';
 import { registerRepositoryCommands } from './commands/repository.js';
 import { registerVmCommands } from './commands/vm.js';
 import { registerVirshCommands } from './commands/virsh.js';
+import { registerRecoverCommand } from './commands/recover.js';
 
 export const VERSION = '0.1.0';
 
@@ -45,6 +46,7 @@ export function buildProgram(signal: AbortSignal, env: NodeJS.ProcessEnv = proce
   registerRepositoryCommands(program, context);
   registerVmCommands(program, context);
   registerVirshCommands(program, context);
+  registerRecoverCommand(program, context);
   // Subcommands inherit exitOverride and the error output format.
   for (const command of program.commands) {
     command.exitOverride().showHelpAfterError('(run the command with --help for its usage)').configureOutput({

@@ -6,7 +6,7 @@ import type { CheckpointStore } from '../../checkpoint/store.js';
 import { queryDisks } from '../../qemu/block-graph.js';
 import type { QmpExecutor } from '../../qmp/index.js';
 import { describeError } from '../../util/errors.js';
-import type { JobRecord } from './job-store.js';
+import type { JobRecord, JobRecovery } from './job-store.js';
 
 /** What recovery did and what it could not do, for the job's error message and the log. */
 export interface RecoveryReport {
@@ -41,8 +41,22 @@ export async function cleanupInterruptedJob(
   qmp: QmpExecutor | undefined,
   store: CheckpointStore,
 ): Promise<RecoveryReport> {
+  return cleanupQmpLeftovers(record.info.vm, record.recovery, qmp, store);
+}
+
+/**
+ * Removes what a fleece backup with `recovery.tag` left in QEMU (exports, the NBD server when no other export uses
+ * it, jobs, temporary and unrecorded checkpoint bitmaps, its nodes) and on the host (files, socket). Nothing that
+ * does not carry the tag is touched. Never throws.
+ */
+export async function cleanupQmpLeftovers(
+  vm: string,
+  recovery: JobRecovery,
+  qmp: QmpExecutor | undefined,
+  store: CheckpointStore,
+): Promise<RecoveryReport> {
   const report: RecoveryReport = { cleaned: [], failures: [] };
-  const { recovery, info } = record;
+  const info = { vm };
   const tag = recovery.tag;
   if (qmp && tag) {
     const mine = (id: string) => id.endsWith(`-${tag}`) || id.includes(`-${tag}-`);
@@ -51,8 +65,12 @@ export async function cleanupInterruptedJob(
       await step(report, `export ${exp.id}`, () => qmp.execute('block-export-del', { id: exp.id, mode: 'hard' }).then(() => undefined));
     }
     if (recovery.nbdServer) {
-      // nbd-server-stop fails when no server runs: then there was nothing to stop.
-      await step(report, 'NBD server', () => qmp.execute('nbd-server-stop').then(() => true, () => false));
+      // The NBD server is QEMU's only one: stopped only when no other export (another owner's) still uses it.
+      const others = await qmp.execute<{ id: string }[]>('query-block-exports').catch(() => []);
+      if (others.every((e) => e.id.startsWith('fleece-') && mine(e.id))) {
+        // nbd-server-stop fails when no server runs: then there was nothing to stop.
+        await step(report, 'NBD server', () => qmp.execute('nbd-server-stop').then(() => true, () => false));
+      }
     }
     const jobs = await qmp.execute<{ id: string }[]>('query-jobs').catch(() => []);
     for (const job of jobs.filter((j) => (j.id.startsWith('fleece-') || j.id.startsWith('create-fl-')) && mine(j.id))) {

@@ -7,6 +7,7 @@
 import type { CheckpointCheck } from '../../checkpoint/manager.js';
 import type { Checkpoint } from '../../checkpoint/model.js';
 import { FleeceError } from '../../util/errors.js';
+import type { BackupJournal } from '../journal.js';
 
 export type ControlPlaneKind = 'qmp' | 'libvirt' | 'offline';
 
@@ -51,6 +52,8 @@ export interface BeginRequest {
   quiesce?: QuiesceMode;
   /** Let the reader discard what it read from the fleecing scratch (where the export allows). */
   exportWritable?: boolean;
+  /** Every effect is recorded here before it is made, and cleared once undone or kept. */
+  journal?: BackupJournal;
   signal?: AbortSignal;
 }
 

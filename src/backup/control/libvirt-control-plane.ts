@@ -32,6 +32,8 @@ export interface LibvirtControlPlaneOptions {
   runDir: string;
   /** Closes the connection when the plane is closed (the plane opened it). */
   ownsConnection?: boolean;
+  /** The URI `conn` is open on: named in the journal, so that another process can clean up. */
+  connect?: string;
 }
 
 /** Sizes of the domain's disks, as libvirt's block info gives them (capacity = guest-visible size). */
@@ -157,16 +159,31 @@ export class LibvirtControlPlane implements ControlPlane {
     const disks = request.disks.map((d) => ({ ...d, scratch: join(this.options.scratchDir, `${vm}-${d.target}-${tag}.qcow2`) }));
     const checkpoint = request.checkpoint && request.checkpoint.disks.length > 0 ? request.checkpoint : undefined;
     const warnings: string[] = [];
+    const { journal } = request;
+    const connect = this.options.connect;
+    const journalEffect = (withCheckpoint: boolean) => ({
+      kind: 'libvirt-pull' as const, connect: connect!, domain: vm, socketDir, files: disks.map((d) => d.scratch),
+      ...(withCheckpoint && checkpoint ? { newCheckpoint: checkpoint.name } : {}),
+    });
+    const journalId = journal && connect ? await journal.record(journalEffect(true)) : undefined;
+    const forget = async () => {
+      if (journalId !== undefined) await journal?.clear(journalId).catch(() => undefined);
+    };
 
     const quiesce = request.quiesce ?? 'no';
     let frozen = false;
+    let frozenId: number | undefined;
     if (quiesce !== 'no') {
       try {
+        frozenId = journal && connect ? await journal.record({ kind: 'guest-frozen', connect, domain: vm }) : undefined;
         await conn.fsFreeze(vm);
         frozen = true;
       } catch (error) {
+        if (frozenId !== undefined) await journal?.clear(frozenId);
+        frozenId = undefined;
         if (quiesce === 'yes') {
           await rm(socketDir, { recursive: true, force: true });
+          await forget();
           throw new InvalidInputError(`cannot quiesce VM '${vm}': ${describeError(error)}`, {
             cause: error,
             hint: 'install and start qemu-guest-agent in the guest and give the domain a guest-agent channel, or use --quiesce=try',
@@ -181,13 +198,20 @@ export class LibvirtControlPlane implements ControlPlane {
       begun = true;
     } catch (error) {
       await rm(socketDir, { recursive: true, force: true });
+      await forget();
       // libvirt checks each incremental's bitmaps itself: a missing or broken one makes that disk full.
       const broken = error instanceof LibvirtError && error.libvirtCode === VIR_ERR_CHECKPOINT_INCONSISTENT
         ? /bitmap '([^']+)' for disk '([^']+)'/.exec(error.libvirtMessage) : null;
       if (broken) throw new CheckpointBitmapInvalidError(broken[1]!, broken[2]!, (error as LibvirtError).libvirtMessage, { cause: error });
       throw error;
     } finally {
-      if (frozen) await conn.fsThaw(vm).catch((error: unknown) => warnings.push(`thawing the guest's file systems failed: ${describeError(error)}`));
+      if (frozen) {
+        const thawed = await conn.fsThaw(vm).then(() => true, (error: unknown) => {
+          warnings.push(`thawing the guest's file systems failed: ${describeError(error)}`);
+          return false;
+        });
+        if (thawed && frozenId !== undefined) await journal?.clear(frozenId);
+      }
     }
     log.info({ vm, checkpoint: checkpoint?.name, disks: disks.map((d) => d.target) }, 'libvirt pull backup begun');
 
@@ -235,17 +259,25 @@ export class LibvirtControlPlane implements ControlPlane {
         if (stats.type !== 'unbounded') {
           await endJob().catch(() => undefined);
           await removeCheckpoint().catch(() => undefined);
+          await forget();
           throw new ConflictError(`the libvirt backup job of VM '${vm}' ended before fleece finished reading (job state: ${stats.type})`, {
             hint: 'see libvirtd\'s log for why (a full scratch directory, QEMU stopped); the new checkpoint was removed, take the backup again',
           });
         }
+        // Every disk is durable: the new checkpoint is kept from here on, whatever happens to the job.
+        if (journalId !== undefined) await journal?.update(journalId, journalEffect(false));
         await endJob();
+        await forget();
         return { warnings: [] };
       },
       abort: async (reason?: unknown) => {
         log.info({ vm, reason: reason === undefined ? undefined : describeError(reason) }, 'aborting the libvirt pull backup');
         await endJob().catch((error: unknown) => log.warn({ vm, err: error }, 'virDomainAbortJob failed'));
-        await removeCheckpoint().catch((error: unknown) => log.warn({ vm, err: error }, 'the new checkpoint could not be removed'));
+        const removed = await removeCheckpoint().then(() => true, (error: unknown) => {
+          log.warn({ vm, err: error }, 'the new checkpoint could not be removed');
+          return false;
+        });
+        if (removed) await forget();
       },
     };
   }

@@ -28,6 +28,7 @@ import { QmpClosedError, QmpError } from '../../qmp/errors.js';
 import { AbortedError, ConflictError, InvalidInputError, describeError, throwIfAborted } from '../../util/errors.js';
 import { getLogger } from '../../util/logger.js';
 import { newJobTag } from '../begin-backup.js';
+import { processStartTime } from '../journal.js';
 import type { BeginRequest, ControlPlane, DiskExport, GuestConfig, Inspection, PointInTime } from './control-plane.js';
 import { checkImageCheckpoints, queryImageInfo } from './offline-images.js';
 import { StorageDaemonError, startStorageDaemon, type StorageDaemon } from './storage-daemon.js';
@@ -191,6 +192,13 @@ export class OfflineControlPlane implements ControlPlane {
       ...call,
     });
     const { qmp } = daemon;
+    // Journaled as soon as its pid exists (spawned a moment ago): a killed fleece leaves no storage daemon behind.
+    const journalId = await request.journal?.record({
+      kind: 'storage-daemon', pid: daemon.pid, startTime: processStartTime(daemon.pid) ?? '', files: [qmpSocket, nbdSocket],
+    });
+    const forget = async () => {
+      if (journalId !== undefined) await request.journal?.clear(journalId).catch(() => undefined);
+    };
     try {
       for (const o of opened) {
         throwIfAborted(signal, `the offline backup of VM '${vm}'`);
@@ -225,10 +233,11 @@ export class OfflineControlPlane implements ControlPlane {
         size: sizes.get(o.disk.target)!,
       }));
       log.debug({ vm, pid: daemon.pid, exports: exports.map((e) => e.uri) }, 'offline exports up');
-      return this.#pointInTime(daemon, opened, nbdSocket, exports, warnings, signal);
+      return this.#pointInTime(daemon, opened, nbdSocket, exports, warnings, signal, forget);
     } catch (error) {
       await daemon.stop();
       await unlink(nbdSocket).catch(() => undefined);
+      await forget();
       if (signal?.aborted && !(error instanceof AbortedError)) {
         throw new AbortedError(`the offline backup of VM '${vm}' was aborted`, { cause: error });
       }
@@ -287,6 +296,7 @@ export class OfflineControlPlane implements ControlPlane {
     exports: DiskExport[],
     warnings: string[],
     signal: AbortSignal | undefined,
+    forget: () => Promise<void>,
   ): PointInTime {
     const { vm } = this;
     const { qmp } = daemon;
@@ -324,6 +334,7 @@ export class OfflineControlPlane implements ControlPlane {
         const { forced } = await daemon.stop();
         if (forced) cleanup.push(`qemu-storage-daemon (pid ${daemon.pid}) did not quit and was killed`);
         await unlink(nbdSocket).catch(() => undefined);
+        await forget();
         this.#active.delete(point);
         return cleanup.map((w) => `cleanup: ${w}`);
       })();

@@ -7,6 +7,7 @@ import { GuestAgentClient } from '../../qemu/guest-agent.js';
 import type { QmpExecutor } from '../../qmp/index.js';
 import { InvalidInputError, describeError } from '../../util/errors.js';
 import type { BackupRegistry } from '../backup-registry.js';
+import { newJobTag } from '../begin-backup.js';
 import { startPullBackup } from '../pull-backup.js';
 import type { BeginRequest, ControlPlane, Inspection, PointInTime } from './control-plane.js';
 
@@ -20,6 +21,8 @@ export interface QmpControlPlaneOptions {
   runDir: string;
   /** The guest agent's socket, for quiesce. */
   guestAgent?: string;
+  /** The QMP socket `qmp` is connected to: named in the journal, so that another process can clean up. */
+  qmpSocket?: string;
   /** One backup per VM at a time (the daemon passes its registry). */
   registry?: BackupRegistry;
   /** Closes the QMP connection when the plane is closed (the plane opened it). */
@@ -61,24 +64,51 @@ export class QmpControlPlane implements ControlPlane {
       prepared = await checkpoints.prepareCreate(request.checkpoint.name, { disks: request.checkpoint.disks, ...(signal ? { signal } : {}) });
     }
     const warnings: string[] = [];
+    const { journal } = request;
+    const tag = newJobTag();
+    // Every name the pull backup will use is known from its tag: journaled before any of it exists.
+    const journalId = journal && this.options.qmpSocket
+      ? await journal.record({
+        kind: 'qmp-pull',
+        qmp: this.options.qmpSocket,
+        tag,
+        ...(prepared ? { newCheckpoint: prepared.checkpoint.name } : {}),
+        files: disks.map((d) => join(this.options.scratchDir, `${vm}-${d.disk.target}-${tag}.qcow2`)),
+        socket: join(this.options.runDir, `${vm}-${tag}.sock`),
+        nbdServer: true,
+      })
+      : undefined;
     const quiesce = request.quiesce ?? 'no';
     let agent: GuestAgentClient | undefined;
     let frozen = false;
+    let frozenId: number | undefined;
     if (quiesce !== 'no') {
       if (!this.options.guestAgent) {
         const message = `--quiesce needs the guest agent socket of VM '${vm}'`;
         const hint = 'pass --guest-agent PATH or register the VM with `fleece vm add NAME --qmp … --guest-agent PATH`';
-        if (quiesce === 'yes') throw new InvalidInputError(message, { hint });
+        if (quiesce === 'yes') {
+          if (journalId !== undefined) await journal?.clear(journalId);
+          throw new InvalidInputError(message, { hint });
+        }
         warnings.push(`${message}: the backup is crash-consistent, not quiesced (${hint})`);
       } else {
         try {
           agent = await GuestAgentClient.connect(this.options.guestAgent, signal ? { signal } : {});
+          frozenId = await journal?.record({ kind: 'guest-frozen', agent: this.options.guestAgent });
           await agent.freeze(signal ? { signal } : {});
           frozen = true;
         } catch (error) {
+          if (frozenId !== undefined) {
+            await agent?.thaw().catch(() => undefined);
+            await journal?.clear(frozenId);
+            frozenId = undefined;
+          }
           agent?.close();
           agent = undefined;
-          if (quiesce === 'yes') throw error;
+          if (quiesce === 'yes') {
+            if (journalId !== undefined) await journal?.clear(journalId);
+            throw error;
+          }
           warnings.push(`could not freeze the guest's file systems (${describeError(error)}): the backup is crash-consistent, not quiesced`);
         }
       }
@@ -88,6 +118,7 @@ export class QmpControlPlane implements ControlPlane {
       session = await startPullBackup({
         vm,
         qmp,
+        tag,
         disks,
         ...(prepared ? { checkpointActions: prepared.actions, recordCheckpoint: () => checkpoints.commitCreated(prepared.checkpoint) } : {}),
         scratchDir: this.options.scratchDir,
@@ -96,9 +127,18 @@ export class QmpControlPlane implements ControlPlane {
         ...(this.options.registry ? { registry: this.options.registry } : {}),
         ...(signal ? { signal } : {}),
       });
+    } catch (error) {
+      if (journalId !== undefined) await journal?.clear(journalId);
+      throw error;
     } finally {
       if (frozen && agent) {
-        await agent.thaw().catch((error: unknown) => warnings.push(`guest-fsfreeze-thaw failed: ${describeError(error)}`));
+        const thawed = await agent.thaw().then(() => true, (error: unknown) => {
+          warnings.push(`guest-fsfreeze-thaw failed: ${describeError(error)}`);
+          return false;
+        });
+        if (thawed && frozenId !== undefined) await journal?.clear(frozenId);
+      } else if (frozenId !== undefined) {
+        await journal?.clear(frozenId);
       }
       agent?.close();
     }
@@ -115,8 +155,18 @@ export class QmpControlPlane implements ControlPlane {
         size: e.size,
       })),
       warnings,
-      finish: async () => ({ warnings: (await pull.finish()).warnings }),
-      abort: (reason?: unknown) => pull.abort(reason),
+      finish: async () => {
+        try {
+          return { warnings: (await pull.finish()).warnings };
+        } finally {
+          // finish() undid everything of the job whether it succeeded or not (then the checkpoint is gone too).
+          if (journalId !== undefined) await journal?.clear(journalId);
+        }
+      },
+      abort: async (reason?: unknown) => {
+        await pull.abort(reason);
+        if (journalId !== undefined) await journal?.clear(journalId).catch(() => undefined);
+      },
     };
   }
 
