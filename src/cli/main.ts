@@ -24,6 +24,15 @@ async function main(argv: string[]): Promise<number> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // A closed terminal is an interruption: clean up as for Ctrl-C.
+  process.on('SIGHUP', onSignal);
+  // A closed stdout or stderr (`fleece backup … | head -1`) is not a crash: the backup goes on, or cleans up,
+  // and never dies half way; what cannot be written is dropped.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EPIPE' && error.code !== 'ERR_STREAM_DESTROYED') throw error;
+    });
+  }
   const verbose = argv.includes('--verbose') || argv.includes('-v');
   try {
     const program = buildProgram(controller.signal);
