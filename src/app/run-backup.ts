@@ -35,7 +35,7 @@ export async function runBackup(
     throw error;
   }
   try {
-    return await backupVmToRepository(
+    const summary = await backupVmToRepository(
       {
         plane,
         journal,
@@ -52,6 +52,8 @@ export async function runBackup(
       },
       hooks,
     );
+    if (report) summary.warnings.unshift(describeReconcile(report));
+    return summary;
   } finally {
     await plane.close();
     await journal.end();

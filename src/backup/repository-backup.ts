@@ -109,6 +109,8 @@ export interface RepositoryBackupSummary {
   disks: DiskBackupSummary[];
   /** Disks the control plane could not back up, with why. */
   skipped: { disk: string; reason: string }[];
+  /** What the user should know (not quiesced, disks skipped, cleanup after an earlier interrupted backup …). */
+  warnings: string[];
   durationMs: number;
   bytesRead: number;
   bytesStored: number;
@@ -210,7 +212,11 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   const { plane } = options;
   const vm = plane.vm;
   const { signal } = hooks;
-  const emit = (event: RepositoryBackupEvent) => hooks.onEvent?.(event);
+  const warnings: string[] = [];
+  const emit = (event: RepositoryBackupEvent) => {
+    if (event.type === 'warning') warnings.push(event.message);
+    hooks.onEvent?.(event);
+  };
   const parallel = options.parallel ?? 1;
   if (!Number.isInteger(parallel) || parallel < 1 || parallel > 64) {
     throw new InvalidInputError(`--parallel ${parallel} is not an integer from 1 to 64`);
@@ -419,6 +425,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     groupId,
     disks: committed,
     skipped: inspection.skipped.map((d) => ({ disk: d.target, reason: d.reason })),
+    warnings,
     durationMs: Date.now() - started,
     bytesRead: committed.reduce((n, d) => n + d.bytesRead, 0),
     bytesStored: committed.reduce((n, d) => n + d.bytesStored, 0),

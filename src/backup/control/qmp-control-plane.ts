@@ -29,6 +29,20 @@ export interface QmpControlPlaneOptions {
   onClose?: () => Promise<void>;
 }
 
+/** Thaws the guest through a new agent connection (the agent runs commands in order: after a pending freeze). */
+async function thawAgain(socket: string): Promise<void> {
+  try {
+    const rescue = await GuestAgentClient.connect(socket);
+    try {
+      await rescue.thaw();
+    } finally {
+      rescue.close();
+    }
+  } catch {
+    // The guest was not frozen after all (the freeze never reached it), or its agent is gone.
+  }
+}
+
 export class QmpControlPlane implements ControlPlane {
   readonly kind = 'qmp' as const;
   readonly vm: string;
@@ -82,6 +96,7 @@ export class QmpControlPlane implements ControlPlane {
     let agent: GuestAgentClient | undefined;
     let frozen = false;
     let frozenId: number | undefined;
+    let freezeSent = false;
     if (quiesce !== 'no') {
       if (!this.options.guestAgent) {
         const message = `--quiesce needs the guest agent socket of VM '${vm}'`;
@@ -95,11 +110,14 @@ export class QmpControlPlane implements ControlPlane {
         try {
           agent = await GuestAgentClient.connect(this.options.guestAgent, signal ? { signal } : {});
           frozenId = await journal?.record({ kind: 'guest-frozen', agent: this.options.guestAgent });
+          freezeSent = true;
           await agent.freeze(signal ? { signal } : {});
           frozen = true;
         } catch (error) {
+          // The freeze may have reached the agent before it failed (aborted, timed out): thaw whatever happened.
+          // A fresh connection: the first one may be closed by the abort, or still waiting for the freeze's reply.
+          if (freezeSent) await thawAgain(this.options.guestAgent);
           if (frozenId !== undefined) {
-            await agent?.thaw().catch(() => undefined);
             await journal?.clear(frozenId);
             frozenId = undefined;
           }
