@@ -1,12 +1,45 @@
 // A small pool of worker threads that hash, compress and decompress objects off the main thread.
 import { Worker } from 'node:worker_threads';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { FleeceError } from '../../util/errors.js';
+import { getLogger } from '../../util/logger.js';
 import type { Compression } from '../format/manifest.js';
 import { WORKER_SOURCE } from './worker-source.js';
 
 const require = createRequire(import.meta.url);
+const log = getLogger('repository.workers');
+
+/**
+ * The multi-buffer md5 glue (native/md5-multi/md5-multi.cjs) the workers require, or null when it cannot run here
+ * (then they use node:crypto; said once at debug). Found by path, not imported: the repository layer imports no
+ * native module, and a worker's eval'd source can only require files anyway. From src/ or dist/src/ alike.
+ */
+let md5Multi: string | null | undefined;
+function md5MultiPath(): string | null {
+  if (md5Multi !== undefined) return md5Multi;
+  md5Multi = null;
+  const path = ['../../../native/md5-multi/md5-multi.cjs', '../../../../native/md5-multi/md5-multi.cjs']
+    .map((p) => fileURLToPath(new URL(p, import.meta.url))).find((p) => existsSync(p));
+  let why = 'native/md5-multi/md5-multi.cjs not found';
+  if (path) {
+    try {
+      const availability = (require(path) as { available(): { available: boolean; why?: string; kernel?: string } }).available();
+      if (availability.available) {
+        md5Multi = path;
+        log.debug({ kernel: availability.kernel }, 'md5 of objects queued together: multi-buffer');
+        return md5Multi;
+      }
+      why = availability.why ?? 'not available';
+    } catch (error) {
+      why = `cannot load ${path}: ${error instanceof Error ? error.message : String(error)}`;
+    }
+  }
+  log.debug({ why }, 'multi-buffer md5 off: node:crypto');
+  return md5Multi;
+}
 
 export interface EncodeTask {
   kind: 'encode';
@@ -54,6 +87,7 @@ export class WorkerPool {
   constructor(readonly size = defaultWorkerCount()) {
     const workerData = {
       zstdPath: require.resolve('zstd-napi'), zstdBindingPath: require.resolve('zstd-napi/binding'), bunzipPath: require.resolve('seek-bzip'),
+      md5MultiPath: md5MultiPath(),
     };
     for (let i = 0; i < size; i++) {
       const worker = new Worker(WORKER_SOURCE, { eval: true, workerData });
