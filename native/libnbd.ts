@@ -64,8 +64,9 @@ export interface Libnbd {
   nbd_set_tls_verify_peer(h: Ptr, verify: boolean): number;
   nbd_set_tls_username(h: Ptr, username: string): number;
   nbd_set_tls_psk_file(h: Ptr, filename: string): number;
-  nbd_supports_tls(): number;
-  nbd_supports_uri(): number;
+  nbd_supports_tls(h: Ptr): number;
+  nbd_get_tls_negotiated(h: Ptr): number;
+  nbd_supports_uri(h: Ptr): number;
   nbd_connect_uri(h: Ptr, uri: string): number;
   nbd_connect_unix(h: Ptr, path: string): number;
   nbd_connect_tcp(h: Ptr, hostname: string, port: string): number;
@@ -135,8 +136,9 @@ const PROTOTYPES = [
   'int nbd_set_tls_verify_peer(nbd_handle *h, bool verify)',
   'int nbd_set_tls_username(nbd_handle *h, const char *username)',
   'int nbd_set_tls_psk_file(nbd_handle *h, const char *filename)',
-  'int nbd_supports_tls()',
-  'int nbd_supports_uri()',
+  'int nbd_supports_tls(nbd_handle *h)',
+  'int nbd_get_tls_negotiated(nbd_handle *h)',
+  'int nbd_supports_uri(nbd_handle *h)',
   'int nbd_connect_uri(nbd_handle *h, const char *uri)',
   'int nbd_connect_unix(nbd_handle *h, const char *unixsocket)',
   'int nbd_connect_tcp(nbd_handle *h, const char *hostname, const char *port)',

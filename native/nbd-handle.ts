@@ -113,9 +113,32 @@ export class NbdHandle implements PollClient {
     this.check('nbd_set_tls_certificates', this.lib.nbd_set_tls_certificates(this.handle(), dir));
   }
 
-  /** `nbd_set_tls_psk_file`. @throws NbdError */
+  /** `nbd_set_tls_psk_file`: a keys.psk file (`username:hexkey` lines, as psktool writes it). @throws NbdError */
   setTlsPskFile(path: string): void {
     this.check('nbd_set_tls_psk_file', this.lib.nbd_set_tls_psk_file(this.handle(), path));
+  }
+
+  /** `nbd_set_tls_username`: the PSK identity to offer (libnbd's default is the login name). @throws NbdError */
+  setTlsUsername(username: string): void {
+    this.check('nbd_set_tls_username', this.lib.nbd_set_tls_username(this.handle(), username));
+  }
+
+  /**
+   * `nbd_set_tls_verify_peer`: whether the server's certificate must be signed by ca-cert.pem and name the host
+   * (default true). @throws NbdError
+   */
+  setTlsVerifyPeer(verify: boolean): void {
+    this.check('nbd_set_tls_verify_peer', this.lib.nbd_set_tls_verify_peer(this.handle(), verify));
+  }
+
+  /** `nbd_get_tls_negotiated`: whether the connection is encrypted (after connect). @throws NbdError */
+  tlsNegotiated(): boolean {
+    return this.check('nbd_get_tls_negotiated', this.lib.nbd_get_tls_negotiated(this.handle())) === 1;
+  }
+
+  /** `nbd_supports_tls`: whether this libnbd was built with gnutls. @throws NbdError when the handle is closed */
+  supportsTls(): boolean {
+    return this.lib.nbd_supports_tls(this.handle()) === 1;
   }
 
   /** Connects to a unix socket (`nbd_aio_connect_unix`) and completes the handshake. @throws NbdError, AbortedError */

@@ -4,11 +4,14 @@ import type { QuiesceMode } from '../backup/control/control-plane.js';
 import type { RequestedLevel } from '../backup/level.js';
 import type { Compression } from '../repository/index.js';
 import { InvalidInputError } from '../util/errors.js';
+import { isAcceptedRepoLocation } from './repo-location.js';
 
 export interface BackupRequest {
   vm: string;
-  /** The repository directory (absolute). */
-  repo: string;
+  /** The repository: an absolute directory, or `s3://bucket[/prefix]`. A request names a repository or a provider. */
+  repo?: string;
+  /** Instead of a repository: an external backup provider registered with `fleece provider add` (docs/providers.md). */
+  provider?: string;
   /** Reach the VM without (or instead of) the registry: a bare QEMU's QMP socket, or a libvirt URI. */
   qmp?: string;
   guestAgent?: string;
@@ -28,7 +31,7 @@ export interface BackupRequest {
 }
 
 const FIELDS: Record<keyof BackupRequest, 'string' | 'number' | 'boolean' | 'string[]'> = {
-  vm: 'string', repo: 'string', qmp: 'string', guestAgent: 'string', connect: 'string', level: 'string', disks: 'string[]',
+  vm: 'string', repo: 'string', provider: 'string', qmp: 'string', guestAgent: 'string', connect: 'string', level: 'string', disks: 'string[]',
   compression: 'string', bandwidth: 'number', parallel: 'number', connections: 'number', quiesce: 'string', trim: 'boolean',
   scratchDir: 'string', checkpoint: 'string',
 };
@@ -55,7 +58,10 @@ export function checkBackupRequest(input: unknown): BackupRequest {
     if (!ok) throw new InvalidInputError(`field '${key}' of the backup request must be ${type === 'string[]' ? 'a list of strings' : `a ${type}`}`);
     const choices = CHOICES[key as keyof BackupRequest];
     if (choices && !choices.includes(value as string)) throw new InvalidInputError(`field '${key}' is '${String(value)}'`, { hint: `use one of: ${choices.join(', ')}` });
-    if (PATHS.includes(key as keyof BackupRequest) && !(value as string).startsWith('/')) {
+    if (key === 'repo' && !isAcceptedRepoLocation(value as string)) {
+      throw new InvalidInputError(`field 'repo' must be an absolute path or an s3:// URL, not '${String(value)}'`);
+    }
+    if (key !== 'repo' && PATHS.includes(key as keyof BackupRequest) && !(value as string).startsWith('/')) {
       throw new InvalidInputError(`field '${key}' must be an absolute path, not '${String(value)}'`);
     }
     if (type === 'number' && !(Number.isSafeInteger(value) && (value as number) > 0)) {
@@ -63,9 +69,28 @@ export function checkBackupRequest(input: unknown): BackupRequest {
     }
   }
   if (typeof body.vm !== 'string' || body.vm === '') throw new InvalidInputError("field 'vm' of the backup request is missing");
-  if (typeof body.repo !== 'string') throw new InvalidInputError("field 'repo' of the backup request is missing", { hint: 'give the repository directory' });
+  if (body.repo === undefined && body.provider === undefined) {
+    throw new InvalidInputError("field 'repo' of the backup request is missing", { hint: "give the repository directory, or 'provider': the name of a registered backup provider" });
+  }
+  if (body.repo !== undefined && body.provider !== undefined) {
+    throw new InvalidInputError("a backup request names either a repository ('repo') or a backup provider ('provider'), not both");
+  }
+  if (typeof body.provider === 'string' && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(body.provider)) {
+    throw new InvalidInputError(`field 'provider' is '${body.provider}', which is no provider name`, { hint: 'see `fleece provider list`' });
+  }
   if (body.qmp !== undefined && body.connect !== undefined) {
     throw new InvalidInputError('a backup request has either a QMP socket or a libvirt URI, not both');
   }
   return body as unknown as BackupRequest;
+}
+
+/**
+ * The repository of a repository backup request.
+ * @throws InvalidInputError when the request names a provider instead (app/provider-backup.ts runs those).
+ */
+export function repositoryOf(request: Pick<BackupRequest, 'repo' | 'provider'>): string {
+  if (request.repo === undefined) {
+    throw new InvalidInputError(`this backup request names provider '${request.provider ?? ''}', not a repository`, { hint: 'a provider backup runs through runProviderBackup (app/provider-backup.ts)' });
+  }
+  return request.repo;
 }

@@ -14,6 +14,7 @@ import { cleanupInterruptedJob } from './jobs/recover.js';
 import { prepareRepositoryBackup, type RepositoryBackupRequest } from './jobs/repository-backup.js';
 import { describeReconcile, reconcileVm } from './reconcile.js';
 import { VmRegistry } from './vm-registry.js';
+import type { NbdTls } from './nbd-tls-settings.js';
 
 const log = getLogger('app.job-manager');
 
@@ -28,6 +29,8 @@ export interface JobManagerOptions {
   maxParallelJobs?: number;
   /** How often running jobs are asked for progress. Default 500 ms. */
   progressIntervalMs?: number;
+  /** NBD TLS credentials of TCP exports (backup-begin with a tcp `<server>`), unless the VM's entry names its own. */
+  nbdTls?: NbdTls;
 }
 
 /** A state change (`state`) or new progress (`progress`) of one job. */
@@ -61,7 +64,8 @@ function newJobId(): string {
 export class JobManager {
   readonly registry: VmRegistry;
   readonly pool: QmpPool;
-  readonly #options: Required<JobManagerOptions>;
+  readonly #options: Required<Omit<JobManagerOptions, 'nbdTls'>>;
+  readonly #nbdTls: NbdTls | undefined;
   readonly #store: JobStore;
   readonly #jobs = new Map<string, ManagedJob>();
   readonly #activeByVm = new Map<string, string>();
@@ -71,7 +75,9 @@ export class JobManager {
   #closed = false;
 
   private constructor(options: JobManagerOptions) {
-    this.#options = { maxParallelJobs: 4, progressIntervalMs: 500, ...options };
+    const { nbdTls, ...rest } = options;
+    this.#options = { maxParallelJobs: 4, progressIntervalMs: 500, ...rest };
+    this.#nbdTls = nbdTls;
     this.#store = new JobStore(options.stateDir);
     this.registry = new VmRegistry(options.configDir);
     this.pool = new QmpPool(options.stateDir);
@@ -164,7 +170,7 @@ export class JobManager {
     const conn = await this.connection(vm);
     const id = newJobId();
     const prepared = await prepareLibvirtBackup(
-      { conn, jobId: id, tag: newJobTag(), runDir: this.#options.runDir, stateDir: this.#options.stateDir },
+      { conn, jobId: id, tag: newJobTag(), runDir: this.#options.runDir, stateDir: this.#options.stateDir, ...(this.#nbdTls ? { nbdTls: this.#nbdTls } : {}) },
       request,
     );
     return this.#launch(id, vm, prepared);

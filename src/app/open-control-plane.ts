@@ -12,6 +12,7 @@ import { CheckpointManager } from '../checkpoint/manager.js';
 import { CheckpointStore } from '../checkpoint/store.js';
 import { QmpClient } from '../qmp/client.js';
 import { InvalidInputError } from '../util/errors.js';
+import { nbdTlsForVm } from './nbd-tls-settings.js';
 import type { VmEntry } from './vm-registry.js';
 
 export interface PlaneEnvironment {
@@ -56,7 +57,9 @@ export async function openControlPlane(entry: VmEntry, env: PlaneEnvironment): P
           runDir: env.runDir,
         });
       }
-      return new LibvirtControlPlane({ vm: entry.name, conn, scratchDir, runDir: env.runDir, ownsConnection: true, connect: entry.connect });
+      // A VM registered with TLS credentials (tlsDir) is exported by libvirt over TCP with TLS instead of a socket.
+      const tls = nbdTlsForVm(entry);
+      return new LibvirtControlPlane({ vm: entry.name, conn, scratchDir, runDir: env.runDir, ownsConnection: true, connect: entry.connect, ...(tls ? { tls } : {}) });
     } catch (error) {
       await conn.close();
       throw error;

@@ -107,9 +107,10 @@ async function undo(vm: string, effect: JournalEffect, options: ReconcileOptions
       try {
         const stats = await conn.jobStats(effect.domain);
         if (stats.type !== 'none') {
-          // Only the job serving on this backup's own socket is ended: never another owner's.
+          // Only the job serving on this backup's own socket (or, over TCP+TLS, writing its own scratch files) is
+          // ended: never another owner's.
           const xml = await conn.backupXml(effect.domain).catch(() => '');
-          if (xml.includes(effect.socketDir)) {
+          if (xml.includes(effect.socketDir) || effect.files.some((file) => xml.includes(file))) {
             await conn.abortJob(effect.domain);
             report.cleaned.push(`libvirt backup job of domain ${effect.domain}`);
           }

@@ -2,6 +2,7 @@
 // restore to a raw/qcow2 file, verify, delete, gc.
 import { access, rm } from 'node:fs/promises';
 import {
+  isS3Location,
   openRepository,
   type BackupRecord,
   type DeleteReport,
@@ -43,6 +44,7 @@ export function parsePointInTime(text: string): Date {
 
 async function open(repo: string | Repository): Promise<Repository> {
   if (typeof repo !== 'string') return repo;
+  if (isS3Location(repo)) return openRepository(repo); // checks the bucket at once, with a clear error
   try {
     await access(repo);
   } catch {

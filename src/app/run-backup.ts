@@ -2,7 +2,7 @@
 // repository backup (backup/repository-backup.ts), close what was opened.
 import { backupVmToRepository, type RepositoryBackupHooks, type RepositoryBackupSummary } from '../backup/repository-backup.js';
 import { BackupJournal } from '../backup/journal.js';
-import type { BackupRequest } from './backup-request.js';
+import { repositoryOf, type BackupRequest } from './backup-request.js';
 import { describeReconcile, reconcileVm } from './reconcile.js';
 import { openControlPlane, type PlaneEnvironment } from './open-control-plane.js';
 import { VmRegistry, validateVmName, type VmEntry } from './vm-registry.js';
@@ -39,7 +39,7 @@ export async function runBackup(
       {
         plane,
         journal,
-        repo: request.repo,
+        repo: repositoryOf(request),
         ...(request.level ? { level: request.level } : {}),
         ...(request.disks ? { disks: request.disks } : {}),
         ...(request.compression ? { compression: request.compression } : {}),

@@ -12,6 +12,13 @@ export interface VmEntry {
   guestAgent?: string;
   /** A libvirt domain: the libvirt URI it lives on (`qemu:///system`). */
   connect?: string;
+  /**
+   * NBD over TLS for this VM's TCP exports, instead of the daemon's: a directory with ca-cert.pem, server-cert.pem,
+   * server-key.pem, client-cert.pem, client-key.pem (x509) …
+   */
+  tlsDir?: string;
+  /** … or a keys.psk file (a pre-shared key, psktool). */
+  tlsPsk?: string;
 }
 
 /** The VM's QMP socket. Throws InvalidInputError when the VM is a libvirt domain (libvirt owns its monitor). */

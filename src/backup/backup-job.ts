@@ -1,8 +1,8 @@
 // The machinery shared by push and pull: provision the plan recording undo steps, commit the one transaction, watch the
 // disks' block jobs through the per-disk state machine, cancel on failure or request, report progress, tear down.
 import { open, truncate, stat } from 'node:fs/promises';
-import type { QmpExecutor, QmpEventListener } from '../qmp/index.js';
-import { AbortedError, FleeceError, describeError, throwIfAborted } from '../util/errors.js';
+import { QmpError, type QmpExecutor, type QmpEventListener } from '../qmp/index.js';
+import { AbortedError, FleeceError, InvalidInputError, describeError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import { nextDiskState, type DiskEvent, type DiskState } from './disk-state.js';
 import { BackupJobError } from './errors.js';
@@ -135,6 +135,19 @@ export class BackupJobRun {
         case 'add-format-node':
           await this.#qmp.execute(step.command.execute, step.command.arguments);
           this.undo.record({ kind: 'node-added', disk: step.disk, nodeName: step.nodeName, policy: 'always' });
+          break;
+        case 'add-tls-object':
+          try {
+            await this.#qmp.execute(step.command.execute, step.command.arguments);
+          } catch (error) {
+            if (!(error instanceof QmpError)) throw error;
+            const files = step.type === 'x509' ? 'ca-cert.pem, server-cert.pem and server-key.pem' : 'keys.psk';
+            throw new InvalidInputError(`QEMU cannot use the NBD TLS credentials in ${step.dir}: ${error.desc}`, {
+              cause: error,
+              hint: `put a valid ${files} there, readable by QEMU (a server certificate signed by ca-cert.pem, not expired)`,
+            });
+          }
+          this.undo.record({ kind: 'object-added', id: step.id, what: 'NBD TLS credentials', policy: 'always' });
           break;
         case 'start-nbd-server':
           await this.#qmp.execute(step.command.execute, step.command.arguments);

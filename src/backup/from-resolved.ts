@@ -1,5 +1,6 @@
 // Turns a resolved backup definition (libvirt XML or CLI options, defaults filled) plus the VM's disks from the block
 // graph into the disk requests of a push or pull backup.
+import type { NbdTls } from '../nbd/nbd-tls.js';
 import type { VmDisk } from '../qemu/block-graph.js';
 import { InvalidInputError, NotFoundError } from '../util/errors.js';
 import type { IncludedBackupDisk, ResolvedBackup } from './definition/types.js';
@@ -52,19 +53,22 @@ export function pushDisksFromResolved(
 }
 
 /**
- * The pull disk requests and the NBD server address. Throws InvalidInputError for a push definition, a block device
- * scratch, a missing server or TLS (not supported yet); NotFoundError for a disk QEMU lacks.
+ * The pull disk requests, the NBD server address and, for `<server tls='yes'>`, the TLS credentials `tls` (the VM's
+ * or the daemon's). Throws InvalidInputError for a push definition, a block device scratch, a missing server, or
+ * TLS asked for with no credentials configured; NotFoundError for a disk QEMU lacks.
  */
 export function pullRequestFromResolved(
   resolved: ResolvedBackup,
   disks: readonly VmDisk[],
-): { disks: PullDiskRequest[]; server: NbdServerAddress } {
+  tls?: NbdTls,
+): { disks: PullDiskRequest[]; server: NbdServerAddress; tls?: NbdTls } {
   if (resolved.mode !== 'pull') throw new InvalidInputError('a push backup definition was given to a pull backup');
   const server = resolved.server;
   if (!server) throw new InvalidInputError('the pull backup has no NBD server', { hint: "give <server transport='unix' socket=…/>" });
-  if (server.transport === 'tcp' && server.tls) {
-    throw new InvalidInputError(`NBD over TLS (server ${server.name}:${server.port}) is not supported yet`, {
-      hint: "use a unix socket, or tls='no' on a trusted network",
+  const withTls = server.transport === 'tcp' && server.tls;
+  if (withTls && !tls) {
+    throw new InvalidInputError(`<server tls='yes'>: NBD over TLS (server ${server.name}:${server.port}) needs TLS credentials and none are configured`, {
+      hint: 'give --tls-dir DIR (ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem) or --tls-psk FILE (keys.psk), set nbdTlsDir/nbdTlsPsk in fleeced.conf, or tlsDir/tlsPsk in the VM\'s registry entry',
     });
   }
   const address: NbdServerAddress =
@@ -84,5 +88,5 @@ export function pullRequestFromResolved(
       ...(d.exportBitmap && d.incrementalFrom !== undefined ? { exportBitmap: d.exportBitmap } : {}),
     };
   });
-  return { disks: requests, server: address };
+  return { disks: requests, server: address, ...(withTls && tls ? { tls } : {}) };
 }

@@ -1,6 +1,7 @@
 // The pure backup plan: (VM disks, resolved request, new checkpoint actions, naming) → provisioning steps, the one
 // transaction, and the exports, exactly as libvirt 9 builds them (qemu_backup.c). No I/O here; golden-tested.
 import { bitmapAdd, bitmapMerge, blockdevBackup, type TransactionAction } from '../qemu/actions.js';
+import { tlsCredsObjectArguments } from '../qemu/nbd-export.js';
 import { InvalidInputError, NotFoundError } from '../util/errors.js';
 
 /** One `transaction` action, as QMP takes it. */
@@ -42,6 +43,12 @@ export interface PlanDiskRequest {
 /** Where a pull backup's NBD server listens. */
 export type NbdServerAddress = { type: 'unix'; path: string } | { type: 'tcp'; host: string; port: number };
 
+/**
+ * The NBD server's TLS credentials (QEMU's side): x509 reads ca-cert.pem, server-cert.pem, server-key.pem from `dir`
+ * (`verifyPeer`: clients need a certificate of that CA); psk reads `dir`/keys.psk.
+ */
+export type PlanNbdTls = { type: 'x509'; dir: string; verifyPeer: boolean } | { type: 'psk'; dir: string };
+
 /** Names of the nodes and jobs fleece adds; injectable so golden tests can reproduce libvirt's names. */
 export interface PlanNaming {
   targetFileNode(disk: PlanSourceDisk): string;
@@ -49,6 +56,13 @@ export interface PlanNaming {
   backupJobId(disk: PlanSourceDisk): string;
   createJobId(formatNode: string): string;
   exportId(disk: PlanSourceDisk, formatNode: string): string;
+  /** Id of the NBD server's TLS credentials object (default `fleece-nbd-tls`). */
+  tlsObjectId?(): string;
+}
+
+/** The id of a job's TLS credentials object in QEMU (fleeceNaming), for cleanup after a restart. */
+export function tlsObjectIdOf(tag: string): string {
+  return `fl-${tag}-tls`;
 }
 
 /** Longest node name QEMU accepts. */
@@ -63,6 +77,7 @@ export function fleeceNaming(tag: string): PlanNaming {
     backupJobId: (disk) => `fleece-backup-${disk.target}-${tag}`,
     createJobId: (formatNode) => `create-${formatNode}`,
     exportId: (disk) => `fleece-nbd-${disk.target}-${tag}`,
+    tlsObjectId: () => tlsObjectIdOf(tag),
   };
 }
 
@@ -75,6 +90,8 @@ export interface PlanInput {
   naming: PlanNaming;
   /** Pull only. */
   nbdServer?: NbdServerAddress;
+  /** Pull only: the NBD server speaks TLS only, with these credentials (object-add before nbd-server-start). */
+  nbdTls?: PlanNbdTls;
   /** Bandwidth limit per disk job, bytes/s. */
   speed?: number;
   /** Pull: export writable so the reader can discard what it read (frees scratch space). Default false. */
@@ -91,6 +108,8 @@ export type ProvisionStep =
   /** blockdev-create: a job; wait until concluded and dismiss it. */
   | { kind: 'create-image'; disk: string; jobId: string; path: string; command: PlanCommand }
   | { kind: 'add-format-node'; disk: string; nodeName: string; command: PlanCommand }
+  /** object-add of the NBD server's TLS credentials (QEMU reads the certificate files now). */
+  | { kind: 'add-tls-object'; id: string; type: 'x509' | 'psk'; dir: string; command: PlanCommand }
   | { kind: 'start-nbd-server'; command: PlanCommand };
 
 /** What the plan decided for one disk. */
@@ -334,7 +353,15 @@ export function planBackup(input: PlanInput): BackupPlan {
   }
 
   if (mode === 'pull' && input.nbdServer) {
-    provision.push({ kind: 'start-nbd-server', command: { execute: 'nbd-server-start', arguments: { addr: nbdAddr(input.nbdServer) } } });
+    const args: Record<string, unknown> = { addr: nbdAddr(input.nbdServer) };
+    if (input.nbdTls) {
+      const id = naming.tlsObjectId?.() ?? 'fleece-nbd-tls';
+      provision.push({ kind: 'add-tls-object', id, type: input.nbdTls.type, dir: input.nbdTls.dir, command: { execute: 'object-add', arguments: tlsCredsObjectArguments({ ...input.nbdTls, id }) } });
+      args['tls-creds'] = id;
+    }
+    provision.push({ kind: 'start-nbd-server', command: { execute: 'nbd-server-start', arguments: args } });
+  } else if (input.nbdTls) {
+    throw new InvalidInputError('TLS credentials were given for a push backup, which exports nothing over NBD');
   }
 
   const checkpointBitmaps = input.checkpointActions

@@ -10,7 +10,8 @@ import { allocatedBytes, type BackupJobInfo } from './backup-job.js';
 import type { ActiveBackup, BackupRegistry } from './backup-registry.js';
 import { beginBackup, newJobTag } from './begin-backup.js';
 import type { JobPhase } from './job-state.js';
-import type { NbdServerAddress, PlanAction, PlanDiskRequest, PlanNaming, PlanSourceDisk } from './plan.js';
+import { pskDirectory, type NbdTls } from '../nbd/nbd-tls.js';
+import type { NbdServerAddress, PlanAction, PlanDiskRequest, PlanNaming, PlanNbdTls, PlanSourceDisk } from './plan.js';
 
 const log = getLogger('backup.pull');
 
@@ -38,6 +39,11 @@ export interface PullBackupRequest {
   server?: NbdServerAddress;
   /** Directory of the default socket (created with mode 0700). */
   runDir?: string;
+  /**
+   * The NBD server speaks TLS only, with these credentials (QEMU's tls-creds object, removed at the end); readers
+   * get the same in each export's `tls`.
+   */
+  tls?: NbdTls;
   /** Let the reader discard what it read, so the scratch shrinks. Default false. */
   exportWritable?: boolean;
   /** Records the new checkpoint in the store; called by finish() only. When it throws, the bitmaps are removed. */
@@ -54,8 +60,10 @@ export interface PullExport {
   exportName: string;
   /** The unix socket, when the server listens on one. */
   socket?: string;
-  /** `nbd+unix:///vda?socket=…` or `nbd://host:port/vda`. */
+  /** `nbd+unix:///vda?socket=…`, `nbd://host:port/vda`, or with TLS `nbds://host:port/vda`. */
   uri: string;
+  /** The TLS credentials a reader needs (the server refuses plaintext then). */
+  tls?: NbdTls;
   /** The temporary bitmap exported with the disk (incremental only). */
   bitmap?: string;
   /** The meta context to read extents from: `qemu:dirty-bitmap:backup-vda` or `base:allocation`. */
@@ -91,15 +99,21 @@ export interface PullSession extends ActiveBackup {
   abort(reason?: unknown): Promise<void>;
 }
 
-function uriOf(server: NbdServerAddress, name: string): string {
-  if (server.type === 'unix') return `nbd+unix:///${encodeURIComponent(name)}?socket=${server.path}`;
-  return `nbd://${server.host.includes(':') ? `[${server.host}]` : server.host}:${server.port}/${encodeURIComponent(name)}`;
+function uriOf(server: NbdServerAddress, name: string, tls: boolean): string {
+  if (server.type === 'unix') return `nbd${tls ? 's' : ''}+unix:///${encodeURIComponent(name)}?socket=${server.path}`;
+  return `nbd${tls ? 's' : ''}://${server.host.includes(':') ? `[${server.host}]` : server.host}:${server.port}/${encodeURIComponent(name)}`;
+}
+
+/** QEMU's side of the reader's TLS credentials: the same directory (x509), or the keys.psk file's directory. */
+function serverTls(tls: NbdTls): PlanNbdTls {
+  return tls.type === 'x509' ? { type: 'x509', dir: tls.dir, verifyPeer: tls.verifyPeer ?? true } : { type: 'psk', dir: pskDirectory(tls.file) };
 }
 
 /**
  * Starts a pull backup: resolves once the exports are up. Throws ConflictError (another backup running),
- * InvalidInputError (no scratch location, no server location), NotFoundError (a checkpoint missing on a disk), the
- * provisioning/transaction/export error (after undoing everything), AbortedError.
+ * InvalidInputError (no scratch location, no server location, TLS credentials QEMU cannot use, a PSK file not called
+ * keys.psk), NotFoundError (a checkpoint missing on a disk), the provisioning/transaction/export error (after undoing
+ * everything), AbortedError.
  */
 export async function startPullBackup(request: PullBackupRequest): Promise<PullSession> {
   const { vm, qmp, signal } = request;
@@ -150,6 +164,7 @@ export async function startPullBackup(request: PullBackupRequest): Promise<PullS
       disks,
       checkpointActions: request.checkpointActions ?? [],
       nbdServer: server,
+      ...(request.tls ? { nbdTls: serverTls(request.tls) } : {}),
       ...(request.exportWritable !== undefined ? { exportWritable: request.exportWritable } : {}),
       ...(request.naming ? { naming: request.naming } : {}),
     },
@@ -204,7 +219,8 @@ export async function startPullBackup(request: PullBackupRequest): Promise<PullS
       disk: d.target,
       exportName: exp.name,
       ...(socket ? { socket } : {}),
-      uri: uriOf(server, exp.name),
+      uri: uriOf(server, exp.name, request.tls !== undefined),
+      ...(request.tls ? { tls: request.tls } : {}),
       ...(exp.bitmap ? { bitmap: exp.bitmap } : {}),
       context: exp.bitmap ? `qemu:dirty-bitmap:${exp.bitmap}` : 'base:allocation',
       ...(d.incrementalFrom ? { incrementalFrom: d.incrementalFrom } : {}),

@@ -2,6 +2,7 @@
 import { unlink } from 'node:fs/promises';
 import type { QmpExecutor } from '../qmp/index.js';
 import { QmpError } from '../qmp/index.js';
+import { objectDel } from '../qemu/nbd-export.js';
 import { getLogger } from '../util/logger.js';
 import type { UndoEffects } from './undo-log.js';
 
@@ -80,6 +81,9 @@ export function qemuUndoEffects(qmp: QmpExecutor): UndoEffects {
     },
     stopNbdServer: async () => {
       await qmp.execute('nbd-server-stop');
+    },
+    deleteObject: async (id) => {
+      await objectDel(qmp, id);
     },
     deleteExport: async (id) => {
       const listener = qmp.listen('BLOCK_EXPORT_DELETED');

@@ -301,7 +301,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
       const level = levelOf(disk.target);
       const source = await NbdSource.open(
         exp.socket ? { socket: exp.socket, exportName: exp.exportName } : { uri: exp.uri },
-        { metaContexts: [exp.context], connections: options.connections ?? 2, signal: inner.signal },
+        { metaContexts: [exp.context], connections: options.connections ?? 2, ...(exp.tls ? { tls: exp.tls } : {}), signal: inner.signal },
       );
       if (options.trim && !source.canTrim) {
         emit({ type: 'warning', message: `the export of disk ${disk.target} cannot trim: its scratch image keeps what was read until the backup ends` });

@@ -21,9 +21,11 @@ export type UndoEntry =
   /** The NBD server of a pull backup; undone by nbd-server-stop. */
   | { kind: 'nbd-server-started'; policy: UndoPolicy }
   /** A block export of a pull backup; undone by block-export-del. */
-  | { kind: 'export-added'; disk: string; id: string; policy: UndoPolicy };
+  | { kind: 'export-added'; disk: string; id: string; policy: UndoPolicy }
+  /** A QOM object (the NBD server's TLS credentials); undone by object-del, after the server that uses it stopped. */
+  | { kind: 'object-added'; id: string; what: string; policy: UndoPolicy };
 
-/** The operations that undo effects; the QEMU-backed implementation is in undo-effects.ts, tests pass fakes. */
+/** The operations that undo effects; the QEMU-backed implementation is in qemu-effects.ts, tests pass fakes. */
 export interface UndoEffects {
   unlink(path: string): Promise<void>;
   blockdevDel(nodeName: string): Promise<void>;
@@ -32,6 +34,7 @@ export interface UndoEffects {
   endJob(jobId: string): Promise<void>;
   stopNbdServer(): Promise<void>;
   deleteExport(id: string): Promise<void>;
+  deleteObject(id: string): Promise<void>;
 }
 
 export interface UndoOutcome {
@@ -41,43 +44,31 @@ export interface UndoOutcome {
   firstError: unknown;
 }
 
-/** Describes an entry for logs and error messages. */
-export function describeUndoEntry(entry: UndoEntry): string {
-  switch (entry.kind) {
-    case 'file-created':
-      return `file ${entry.path}`;
-    case 'node-added':
-      return `block node ${entry.nodeName}`;
-    case 'image-created':
-      return `image ${entry.path}`;
-    case 'bitmap-added':
-      return `bitmap ${entry.name} on node ${entry.node}`;
-    case 'job-started':
-      return `block job ${entry.jobId}`;
-    case 'nbd-server-started':
-      return 'NBD server';
-    case 'export-added':
-      return `NBD export ${entry.id}`;
-  }
+type EntryOf<K extends UndoEntry['kind']> = Extract<UndoEntry, { kind: K }>;
+
+/** Per kind of effect: how it is named in logs and errors, and how it is undone. */
+const EFFECTS: { [K in UndoEntry['kind']]: { describe(entry: EntryOf<K>): string; undo(entry: EntryOf<K>, effects: UndoEffects): Promise<void> } } = {
+  'file-created': { describe: (e) => `file ${e.path}`, undo: (e, fx) => fx.unlink(e.path) },
+  'node-added': { describe: (e) => `block node ${e.nodeName}`, undo: (e, fx) => fx.blockdevDel(e.nodeName) },
+  'image-created': { describe: (e) => `image ${e.path}`, undo: async () => undefined },
+  'bitmap-added': { describe: (e) => `bitmap ${e.name} on node ${e.node}`, undo: (e, fx) => fx.removeBitmap(e.node, e.name) },
+  'job-started': { describe: (e) => `block job ${e.jobId}`, undo: (e, fx) => fx.endJob(e.jobId) },
+  'nbd-server-started': { describe: () => 'NBD server', undo: (_e, fx) => fx.stopNbdServer() },
+  'export-added': { describe: (e) => `NBD export ${e.id}`, undo: (e, fx) => fx.deleteExport(e.id) },
+  'object-added': { describe: (e) => `${e.what} ${e.id}`, undo: (e, fx) => fx.deleteObject(e.id) },
+};
+
+function effectOf<K extends UndoEntry['kind']>(entry: EntryOf<K>): (typeof EFFECTS)[K] {
+  return EFFECTS[entry.kind as K];
 }
 
-async function undoOne(entry: UndoEntry, effects: UndoEffects): Promise<void> {
-  switch (entry.kind) {
-    case 'file-created':
-      return effects.unlink(entry.path);
-    case 'node-added':
-      return effects.blockdevDel(entry.nodeName);
-    case 'image-created':
-      return;
-    case 'bitmap-added':
-      return effects.removeBitmap(entry.node, entry.name);
-    case 'job-started':
-      return effects.endJob(entry.jobId);
-    case 'nbd-server-started':
-      return effects.stopNbdServer();
-    case 'export-added':
-      return effects.deleteExport(entry.id);
-  }
+/** Describes an entry for logs and error messages. */
+export function describeUndoEntry(entry: UndoEntry): string {
+  return effectOf(entry).describe(entry as never);
+}
+
+function undoOne(entry: UndoEntry, effects: UndoEffects): Promise<void> {
+  return effectOf(entry).undo(entry as never, effects);
 }
 
 /**

@@ -5,9 +5,11 @@ import { setRootLogger } from '../util/logger.js';
 import { createCliContext, type CliContext, type GlobalOptions } from './context.js';
 import { registerBackupCommand } from './commands/backup.js';
 import { registerRepositoryCommands } from './commands/repository.js';
+import { registerRetentionCommands } from './commands/retention.js';
 import { registerVmCommands } from './commands/vm.js';
 import { registerVirshCommands } from './commands/virsh.js';
 import { registerRecoverCommand } from './commands/recover.js';
+import { registerProviderCommands } from './commands/provider.js';
 
 export const VERSION = '0.1.0';
 
@@ -44,9 +46,11 @@ export function buildProgram(signal: AbortSignal, env: NodeJS.ProcessEnv = proce
   const context = (): CliContext => createCliContext(program.opts<GlobalOptions>(), signal, env);
   registerBackupCommand(program, context);
   registerRepositoryCommands(program, context);
+  registerRetentionCommands(program, context);
   registerVmCommands(program, context);
   registerVirshCommands(program, context);
   registerRecoverCommand(program, context);
+  registerProviderCommands(program, context);
   // Subcommands inherit exitOverride and the error output format.
   for (const command of program.commands) {
     command.exitOverride().showHelpAfterError('(run the command with --help for its usage)').configureOutput({

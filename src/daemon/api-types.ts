@@ -107,7 +107,8 @@ export type BackupBeginBody = Static<typeof BackupBeginSchema>;
 
 /** The same options as `fleece backup` (app/backup-request.ts checks them once more, for both). */
 export const RepositoryBackupSchema = Type.Object({
-  repo: Type.String({ minLength: 1, pattern: '^/', description: 'absolute path of the repository directory' }),
+  repo: Type.Optional(Type.String({ minLength: 1, pattern: '^(/|s3://)', description: 'absolute path of the repository directory, or s3://bucket[/prefix]; or give provider' })),
+  provider: Type.Optional(Type.String({ minLength: 1, pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$', description: 'instead of repo: a backup provider registered with `fleece provider add` (docs/providers.md)' })),
   level: Type.Optional(Type.Union([Type.Literal('auto'), Type.Literal('full'), Type.Literal('incremental')])),
   disks: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
   compression: Type.Optional(Type.Union([Type.Literal('zstd'), Type.Literal('zlib'), Type.Literal('bz2'), Type.Literal('none')])),

@@ -1,15 +1,28 @@
 // fleeced's configuration: a JSON file (default <configDir>/fleeced.conf) overridden by command-line flags.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isIP } from 'node:net';
+import { nbdTlsFromSettings, type NbdTls } from '../app/nbd-tls-settings.js';
 import { resolveConfigDir, resolveRunDir, resolveStateDir } from '../app/paths.js';
 import { InvalidInputError } from '../util/errors.js';
 
 /** Every option of the daemon, as the file and the flags give them (all optional). */
 export interface DaemonConfigInput {
   socket?: string;
-  /** `host:port` to listen on TCP as well (needs tokenFile). */
+  /** `host:port` to listen on TCP as well (needs tokenFile, and tlsCert + tlsKey unless allowPlainLoopback). */
   tcp?: string;
   tokenFile?: string;
+  /** HTTPS for the TCP listener: the certificate (chain) and its key, PEM files. */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** Let the TCP listener speak plain HTTP, on a loopback address only (127.0.0.0/8, ::1, localhost). */
+  allowPlainLoopback?: boolean;
+  /** NBD over TLS for TCP exports (backup-begin with a tcp `<server>`): x509 directory … */
+  nbdTlsDir?: string;
+  /** … or keys.psk file. */
+  nbdTlsPsk?: string;
+  /** x509: QEMU requires client certificates and the reader checks the server's (default true). */
+  nbdTlsVerifyPeer?: boolean;
   stateDir?: string;
   configDir?: string;
   runDir?: string;
@@ -25,6 +38,12 @@ export interface DaemonConfig {
   socket: string;
   tcp?: { host: string; port: number };
   tokenFile?: string;
+  /** HTTPS certificate and key files of the TCP listener; absent only with allowPlainLoopback on a loopback address. */
+  https?: { certFile: string; keyFile: string };
+  /** Set when the TCP listener speaks plain HTTP on loopback, as explicitly allowed. */
+  allowPlainLoopback?: true;
+  /** NBD TLS credentials of TCP exports. */
+  nbdTls?: NbdTls;
   stateDir: string;
   configDir: string;
   runDir: string;
@@ -34,10 +53,16 @@ export interface DaemonConfig {
   exitWhenIdle?: number;
 }
 
-const KEYS: Record<keyof DaemonConfigInput, 'string' | 'number'> = {
+const KEYS: Record<keyof DaemonConfigInput, 'string' | 'number' | 'boolean'> = {
   socket: 'string',
   tcp: 'string',
   tokenFile: 'string',
+  tlsCert: 'string',
+  tlsKey: 'string',
+  allowPlainLoopback: 'boolean',
+  nbdTlsDir: 'string',
+  nbdTlsPsk: 'string',
+  nbdTlsVerifyPeer: 'boolean',
   stateDir: 'string',
   configDir: 'string',
   runDir: 'string',
@@ -79,6 +104,14 @@ export async function readConfigFile(path: string, required: boolean): Promise<D
   return out as DaemonConfigInput;
 }
 
+/** True for 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) and localhost. */
+export function isLoopbackHost(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  if (isIP(host) === 6) return host === '::1' || /^::ffff:127\./i.test(host);
+  return false;
+}
+
 function parseTcp(value: string): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(value);
   const port = match ? Number(match[3]) : NaN;
@@ -88,7 +121,8 @@ function parseTcp(value: string): { host: string; port: number } {
 
 /**
  * Merges file and flags (flags win) and fills defaults: dirs from the environment (FLEECE_STATE_DIR, …), the socket
- * `<runDir>/fleeced.sock`, 4 parallel jobs, log level info. Throws InvalidInputError naming the option.
+ * `<runDir>/fleeced.sock`, 4 parallel jobs, log level info. TCP needs a token file and HTTPS (tlsCert + tlsKey), or
+ * allowPlainLoopback on a loopback address. Throws InvalidInputError naming the option.
  */
 export function resolveDaemonConfig(file: DaemonConfigInput, flags: DaemonConfigInput, env: NodeJS.ProcessEnv = process.env): DaemonConfig {
   const input: DaemonConfigInput = { ...file };
@@ -118,7 +152,47 @@ export function resolveDaemonConfig(file: DaemonConfigInput, flags: DaemonConfig
   if (config.tcp && !config.tokenFile) {
     throw new InvalidInputError(`tcp ${input.tcp} needs a token file`, { hint: 'give --token-file (tokenFile) with the bearer token clients must send' });
   }
+  if ((input.tlsCert === undefined) !== (input.tlsKey === undefined)) {
+    throw new InvalidInputError(`tlsCert and tlsKey go together: only ${input.tlsCert !== undefined ? 'tlsCert' : 'tlsKey'} is given`, {
+      hint: 'give both the certificate and its private key (--tls-cert, --tls-key)',
+    });
+  }
+  if (input.tlsCert !== undefined && input.tlsKey !== undefined) config.https = { certFile: input.tlsCert, keyFile: input.tlsKey };
+  if (config.tcp && !config.https) {
+    if (!input.allowPlainLoopback) {
+      throw new InvalidInputError(`tcp ${input.tcp} needs HTTPS: the token and every reply would cross the network in clear text`, {
+        hint: 'give --tls-cert and --tls-key (tlsCert, tlsKey); plain HTTP only on a loopback address with --allow-plain-loopback (allowPlainLoopback)',
+      });
+    }
+    if (!isLoopbackHost(config.tcp.host)) {
+      throw new InvalidInputError(`allowPlainLoopback: tcp ${input.tcp} is not a loopback address, so it needs HTTPS`, {
+        hint: 'listen on 127.0.0.1 or ::1, or give --tls-cert and --tls-key',
+      });
+    }
+    config.allowPlainLoopback = true;
+  }
+  const nbdTls = nbdTlsFromSettings(
+    {
+      ...(input.nbdTlsDir !== undefined ? { dir: input.nbdTlsDir } : {}),
+      ...(input.nbdTlsPsk !== undefined ? { psk: input.nbdTlsPsk } : {}),
+      ...(input.nbdTlsVerifyPeer !== undefined ? { verifyPeer: input.nbdTlsVerifyPeer } : {}),
+    },
+    'nbdTlsDir/nbdTlsPsk',
+  );
+  if (nbdTls) config.nbdTls = nbdTls;
   return config;
+}
+
+/** The HTTPS certificate and key (PEM). Throws InvalidInputError naming the file that cannot be read. */
+export async function readHttpsFiles(https: { certFile: string; keyFile: string }): Promise<{ cert: Buffer; key: Buffer }> {
+  const read = async (path: string, what: string) => {
+    try {
+      return await readFile(path);
+    } catch (error) {
+      throw new InvalidInputError(`cannot read the HTTPS ${what} ${path}: ${(error as Error).message}`, { cause: error, hint: `check tls${what === 'certificate' ? 'Cert' : 'Key'}` });
+    }
+  };
+  return { cert: await read(https.certFile, 'certificate'), key: await read(https.keyFile, 'key') };
 }
 
 /** The bearer token from its file (trimmed). Throws InvalidInputError when it is unreadable or empty. */

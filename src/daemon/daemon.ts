@@ -1,5 +1,5 @@
-// Runs fleeced: the job manager, the API on a unix socket (mode 0600) and optionally on TCP with a bearer token,
-// exit-when-idle, and an orderly stop.
+// Runs fleeced: the job manager, the API on a unix socket (mode 0600) and optionally on TCP (HTTPS, TLS 1.2+, with a
+// bearer token), exit-when-idle, and an orderly stop.
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, unlink } from 'node:fs/promises';
 import { createConnection } from 'node:net';
@@ -8,7 +8,7 @@ import { JobManager } from '../app/job-manager.js';
 import { ConflictError } from '../util/errors.js';
 import { getLogger, type Logger } from '../util/logger.js';
 import type { DaemonConfig } from './config.js';
-import { readToken } from './config.js';
+import { readHttpsFiles, readToken } from './config.js';
 import type { Api } from './context.js';
 import { buildServer } from './server.js';
 import { daemonVersion } from './version.js';
@@ -40,6 +40,7 @@ export interface RunningDaemon {
  */
 export async function startDaemon(config: DaemonConfig, logger?: Logger): Promise<RunningDaemon> {
   const token = config.tcp && config.tokenFile ? await readToken(config.tokenFile) : undefined;
+  const https = config.tcp && config.https ? await readHttpsFiles(config.https) : undefined;
   await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   await mkdir(config.runDir, { recursive: true, mode: 0o700 });
   await mkdir(dirname(config.socket), { recursive: true, mode: 0o700 });
@@ -55,6 +56,7 @@ export async function startDaemon(config: DaemonConfig, logger?: Logger): Promis
     configDir: config.configDir,
     runDir: config.runDir,
     maxParallelJobs: config.maxParallelJobs,
+    ...(config.nbdTls ? { nbdTls: config.nbdTls } : {}),
   });
   const ctx = { manager, version: daemonVersion(), startedAt: Date.now() };
   const servers: Api[] = [];
@@ -69,7 +71,7 @@ export async function startDaemon(config: DaemonConfig, logger?: Logger): Promis
     }
     await chmod(config.socket, 0o600);
     if (config.tcp && token) {
-      const remote = await buildServer(ctx, { token, ...(logger ? { logger } : {}) });
+      const remote = await buildServer(ctx, { token, ...(https ? { https } : {}), ...(logger ? { logger } : {}) });
       servers.push(remote);
       await remote.listen({ host: config.tcp.host, port: config.tcp.port });
     }
@@ -113,6 +115,6 @@ export async function startDaemon(config: DaemonConfig, logger?: Logger): Promis
     });
     arm();
   }
-  log.info({ socket: config.socket, tcp: config.tcp, pid: process.pid }, 'fleeced listening');
+  log.info({ socket: config.socket, tcp: config.tcp, https: config.tcp ? https !== undefined : undefined, pid: process.pid }, 'fleeced listening');
   return { manager, servers, stopped, stop };
 }

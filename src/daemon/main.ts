@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // fleeced: the fleece host daemon's command line (flags, configuration file, logging, signals).
 import '../util/threadpool-size.js';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';
 import { resolveConfigDir } from '../app/paths.js';
@@ -20,12 +20,17 @@ function number(name: string) {
 
 async function main(argv: string[]): Promise<number> {
   const program = new Command('fleeced')
-    .description('fleece host daemon: HTTP API over a unix socket (and TCP with a bearer token) for VM backups')
+    .description('fleece host daemon: HTTP API over a unix socket (and HTTPS over TCP with a bearer token) for VM backups')
     .version(daemonVersion())
     .option('--config <file>', 'JSON configuration file (default <config-dir>/fleeced.conf when it exists)')
     .option('--socket <path>', 'unix socket of the API (default <run-dir>/fleeced.sock)')
-    .option('--tcp <host:port>', 'also listen on TCP (requires --token-file)')
+    .option('--tcp <host:port>', 'also listen on TCP, HTTPS (requires --token-file, --tls-cert and --tls-key)')
     .option('--token-file <path>', 'file holding the bearer token TCP clients must send')
+    .option('--tls-cert <file>', 'HTTPS certificate (PEM) of the TCP listener')
+    .option('--tls-key <file>', 'its private key (PEM)')
+    .option('--allow-plain-loopback', 'let the TCP listener speak plain HTTP, on a loopback address only')
+    .option('--nbd-tls-dir <dir>', 'NBD over TLS for TCP exports: x509 directory (ca-cert.pem, server-*.pem, client-*.pem)')
+    .option('--nbd-tls-psk <file>', 'NBD over TLS for TCP exports: a keys.psk file (pre-shared key)')
     .option('--state-dir <dir>', 'state directory (checkpoints, job records); default $FLEECE_STATE_DIR or /var/lib/fleece')
     .option('--config-dir <dir>', 'configuration directory (registered VMs); default $FLEECE_CONFIG_DIR or /etc/fleece')
     .option('--run-dir <dir>', 'runtime directory (sockets); default $FLEECE_RUN_DIR or /run/fleece')
@@ -39,6 +44,11 @@ async function main(argv: string[]): Promise<number> {
     socket?: string;
     tcp?: string;
     tokenFile?: string;
+    tlsCert?: string;
+    tlsKey?: string;
+    allowPlainLoopback?: boolean;
+    nbdTlsDir?: string;
+    nbdTlsPsk?: string;
     stateDir?: string;
     configDir?: string;
     runDir?: string;
@@ -51,6 +61,11 @@ async function main(argv: string[]): Promise<number> {
     socket: o.socket,
     tcp: o.tcp,
     tokenFile: o.tokenFile,
+    tlsCert: o.tlsCert,
+    tlsKey: o.tlsKey,
+    allowPlainLoopback: o.allowPlainLoopback,
+    nbdTlsDir: o.nbdTlsDir !== undefined ? resolve(o.nbdTlsDir) : undefined,
+    nbdTlsPsk: o.nbdTlsPsk !== undefined ? resolve(o.nbdTlsPsk) : undefined,
     stateDir: o.stateDir,
     configDir: o.configDir,
     runDir: o.runDir,

@@ -1,7 +1,6 @@
 // Builds the fleeced HTTP API: schemas on every route (TypeBox), the OpenAPI document, one error shape, optional
-// bearer-token authentication (TCP), and the routes.
-import { timingSafeEqual } from 'node:crypto';
-import Fastify from 'fastify';
+// bearer-token authentication and HTTPS (TCP), and the routes.
+import Fastify, { type FastifyServerOptions } from 'fastify';
 import swagger from '@fastify/swagger';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
@@ -13,29 +12,32 @@ import { eventRoutes } from './routes/events.js';
 import { jobRoutes } from './routes/jobs.js';
 import { repositoryRoutes } from './routes/repository.js';
 import { vmRoutes } from './routes/vms.js';
+import { BearerTokenCheck } from './token.js';
 import type { Logger } from '../util/logger.js';
 import { InvalidInputError } from '../util/errors.js';
 
 export interface ServerOptions {
-  /** Requests must carry `Authorization: Bearer <token>` (TCP listeners). */
+  /** Requests must carry `Authorization: Bearer <token>` (TCP listeners); compared in constant time. */
   token?: string;
+  /** Serve HTTPS (TLS 1.2 or newer) with this certificate chain and key (PEM): the TCP listener. */
+  https?: { cert: string | Buffer; key: string | Buffer };
   logger?: Logger;
 }
 
-function tokenMatches(header: string | undefined, token: string): boolean {
-  const given = Buffer.from(/^Bearer (.+)$/i.exec(header ?? '')?.[1] ?? '');
-  const wanted = Buffer.from(token);
-  return given.length === wanted.length && timingSafeEqual(given, wanted);
-}
+/** The lowest TLS version the API accepts. */
+export const API_TLS_MIN_VERSION = 'TLSv1.2';
 
 /** A ready-to-listen fastify instance serving the API. */
 export async function buildServer(ctx: DaemonContext, options: ServerOptions = {}): Promise<Api> {
-  const app = Fastify({
+  const serverOptions: FastifyServerOptions & { https?: Record<string, unknown> } = {
     // Requests are logged at info by fastify: keep its logger at warn so the daemon's log shows what matters.
     ...(options.logger ? { loggerInstance: options.logger.child({ module: 'http' }, { level: 'warn' }) } : { logger: false }),
     forceCloseConnections: true,
     bodyLimit: 4 * 1024 * 1024,
-  }).withTypeProvider<TypeBoxTypeProvider>() as unknown as Api;
+    ...(options.https ? { https: { cert: options.https.cert, key: options.https.key, minVersion: API_TLS_MIN_VERSION } } : {}),
+  };
+  // fastify's types pick the server type from a literal `https` key; the instance is the same Api either way.
+  const app = Fastify(serverOptions as FastifyServerOptions).withTypeProvider<TypeBoxTypeProvider>() as unknown as Api;
   app.setValidatorCompiler(TypeBoxValidatorCompiler);
   // JSON bodies: an empty body is no body (POST …/abort with a JSON content type), bad JSON is a 400 naming the body.
   app.removeContentTypeParser('application/json');
@@ -61,9 +63,9 @@ export async function buildServer(ctx: DaemonContext, options: ServerOptions = {
   });
 
   if (options.token) {
-    const token = options.token;
+    const check = new BearerTokenCheck(options.token);
     app.addHook('onRequest', async (req, reply) => {
-      if (!tokenMatches(req.headers.authorization, token)) {
+      if (!check.matches(req.headers.authorization)) {
         await reply
           .code(401)
           .header('www-authenticate', 'Bearer')

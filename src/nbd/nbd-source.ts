@@ -1,10 +1,11 @@
 // NbdSource: a BlockSource over an NBD export through libnbd, with several connections when the server allows multi-conn.
-import { NbdHandle, type NbdTlsMode } from '../../native/nbd-handle.js';
+import { NbdHandle } from '../../native/nbd-handle.js';
 import { NbdError } from '../../native/nbd-error.js';
 import { InvalidInputError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import type { BlockSource } from './block-source.js';
 import type { ByteRange, Extent } from './extent-algebra.js';
+import { applyReaderTls, checkReaderCredentials, explainTlsFailure, NbdTlsError, type NbdTls } from './nbd-tls.js';
 
 const log = getLogger('nbd-source');
 
@@ -27,10 +28,11 @@ export interface NbdSourceOptions {
    * capped to 1 when the server does not advertise multi-conn.
    */
   connections?: number;
-  /** TLS policy for every connection (an `nbds://` URI requires TLS by itself). */
-  tls?: NbdTlsMode;
-  /** Directory with the TLS client certificates. */
-  tlsCertificates?: string;
+  /**
+   * TLS credentials for every connection: TLS is then required, so a plaintext server is refused. Without them TLS
+   * is off (an `nbds://` URI still requires it, with libnbd's defaults).
+   */
+  tls?: NbdTls;
   /** Window of one block-status request in bytes (default 1 GiB). */
   statusWindow?: number;
   signal?: AbortSignal;
@@ -71,7 +73,8 @@ export class NbdSource implements BlockSource {
 
   /**
    * Connects to an export: one connection first, then more when the server advertises multi-conn.
-   * @throws NbdError when a connection fails; InvalidInputError on bad options; AbortedError
+   * @throws NbdTlsError when TLS failed (its `reason` says which credential, and the message how to fix it);
+   *   NbdError when a connection fails otherwise; InvalidInputError on bad options; AbortedError
    */
   static async open(target: NbdTarget, options: NbdSourceOptions = {}): Promise<NbdSource> {
     const wanted = options.connections ?? DEFAULT_CONNECTIONS;
@@ -84,6 +87,7 @@ export class NbdSource implements BlockSource {
     }
     const metaContexts = [...(options.metaContexts ?? ['base:allocation'])];
     const description = 'uri' in target ? target.uri : `export "${target.exportName ?? ''}" on ${target.socket}`;
+    if (options.tls) checkReaderCredentials(options.tls);
     const handles: NbdHandle[] = [];
     try {
       const first = await connectOne(target, metaContexts, options, 0);
@@ -218,18 +222,41 @@ async function connectOne(target: NbdTarget, metaContexts: string[], options: Nb
   try {
     h.setHandleName(`fleece-${index}`);
     for (const name of metaContexts) h.addMetaContext(name);
-    if (options.tls) h.setTls(options.tls);
-    if (options.tlsCertificates) h.setTlsCertificates(options.tlsCertificates);
-    if ('uri' in target) {
-      await h.connectUri(target.uri, options.signal);
-    } else {
-      h.setExportName(target.exportName ?? '');
-      await h.connectUnix(target.socket, options.signal);
+    if (options.tls) applyReaderTls(h, options.tls);
+    try {
+      if ('uri' in target) {
+        await h.connectUri(target.uri, options.signal);
+      } else {
+        h.setExportName(target.exportName ?? '');
+        await h.connectUnix(target.socket, options.signal);
+      }
+    } catch (error) {
+      throw explainTlsFailure(error, options.tls, `connecting to the NBD ${describe(target)}`, hostOf(target));
+    }
+    if (options.tls && !h.tlsNegotiated()) {
+      throw new NbdTlsError('plaintext-server', `the NBD ${describe(target)} was connected without TLS although TLS is required`, {
+        hint: 'start the server with TLS',
+      });
     }
     return h;
   } catch (error) {
     h.close();
     throw error;
+  }
+}
+
+function describe(target: NbdTarget): string {
+  return 'uri' in target ? `server ${target.uri}` : `export "${target.exportName ?? ''}" on ${target.socket}`;
+}
+
+/** The TCP host of a URI target (what the server's certificate must name), if any. */
+function hostOf(target: NbdTarget): string | undefined {
+  if (!('uri' in target)) return undefined;
+  try {
+    const url = new URL(target.uri);
+    return url.hostname === '' ? undefined : url.hostname.replace(/^\[(.*)\]$/, '$1');
+  } catch {
+    return undefined;
   }
 }
 

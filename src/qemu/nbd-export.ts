@@ -9,7 +9,7 @@ export type NbdServerAddress = { type: 'unix'; path: string } | { type: 'inet'; 
 
 export interface NbdServerStartOptions {
   addr: NbdServerAddress;
-  /** Id of a `tls-creds-x509` object already created in QEMU. */
+  /** Id of a `tls-creds-x509` or `tls-creds-psk` object already created in QEMU (tlsCredsObjectArguments). */
   tlsCreds?: string;
   /** Id of a `authz` object limiting TLS clients. */
   tlsAuthz?: string;
@@ -41,6 +41,48 @@ export function nbdServerStartArguments(options: NbdServerStartOptions): Record<
   if (options.tlsAuthz !== undefined) args['tls-authz'] = options.tlsAuthz;
   if (options.maxConnections !== undefined) args['max-connections'] = options.maxConnections;
   return args;
+}
+
+/**
+ * TLS credentials for QEMU's NBD server, as a QOM object. QEMU reads the files from `dir` when the object is added:
+ * x509 `ca-cert.pem`, `server-cert.pem`, `server-key.pem` (with `verifyPeer`, clients must show a certificate signed
+ * by that CA); psk `keys.psk`.
+ */
+export type TlsCredsOptions =
+  | { type: 'x509'; id: string; dir: string; verifyPeer: boolean }
+  | { type: 'psk'; id: string; dir: string };
+
+const QOM_ID = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+
+/**
+ * The arguments of `object-add` for server-side TLS credentials (pure; QEMU ≥ 6 takes the properties flat).
+ * @throws InvalidInputError on an id QEMU refuses or a relative directory.
+ */
+export function tlsCredsObjectArguments(options: TlsCredsOptions): Record<string, unknown> {
+  if (!QOM_ID.test(options.id)) throw new InvalidInputError(`'${options.id}' is not a QEMU object id`, { hint: 'start with a letter; use letters, digits, - . _' });
+  if (!options.dir.startsWith('/')) throw new InvalidInputError(`TLS credentials directory '${options.dir}' is not an absolute path`);
+  if (options.type === 'x509') {
+    return { 'qom-type': 'tls-creds-x509', id: options.id, dir: options.dir, endpoint: 'server', 'verify-peer': options.verifyPeer };
+  }
+  return { 'qom-type': 'tls-creds-psk', id: options.id, dir: options.dir, endpoint: 'server' };
+}
+
+/** The arguments of `object-del` (pure). */
+export function objectDelArguments(id: string): Record<string, unknown> {
+  return { id };
+}
+
+/**
+ * Adds server-side TLS credentials. @throws QmpError naming the file QEMU could not use (a missing server-key.pem,
+ * an expired server certificate, "The certificate hasn't got a known issuer"), or a duplicate id.
+ */
+export async function addTlsCreds(qmp: QmpExecutor, options: TlsCredsOptions, call: CallOptions = {}): Promise<void> {
+  await qmp.execute('object-add', tlsCredsObjectArguments(options), callOptions(call));
+}
+
+/** Deletes a QOM object (`object-del`). @throws QmpError (no such object; still in use by a running NBD server). */
+export async function objectDel(qmp: QmpExecutor, id: string, call: CallOptions = {}): Promise<void> {
+  await qmp.execute('object-del', objectDelArguments(id), callOptions(call));
 }
 
 /** Starts QEMU's NBD server. @throws QmpError (already running, address in use). */

@@ -3,7 +3,10 @@ import { throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import type { ObjectStore } from './store/object-store.js';
 import { parseMetadataStream } from './format/manifest.js';
-import { metadataName, prefixOfMetadataName, sha256FileName } from './format/naming.js';
+import {
+  DEFAULT_LEASE_TTL_MS, belongsToBackup, isS3LayoutContainer, leaseBackupId, metadataName, prefixOfMetadataName, sha256FileName,
+  type RepositoryLayout,
+} from './format/naming.js';
 
 const log = getLogger('repository.gc');
 
@@ -15,6 +18,11 @@ export interface GcOptions {
   gracePeriodMs?: number;
   /** Report what would be removed, remove nothing. */
   dryRun?: boolean;
+  /**
+   * A backup whose lease object (s3 layout) was refreshed within this time is still being written: none of its
+   * objects is removed, whatever their age. Default 15 min (writers refresh every minute).
+   */
+  leaseTtlMs?: number;
   now?: Date;
   signal?: AbortSignal;
 }
@@ -24,18 +32,38 @@ export interface GcReport {
   bytesFreed: number;
   /** Containers left alone because a manifest in them could not be read. */
   skipped: { container: string; object: string; reason: string }[];
+  /** Backups left alone because their lease is alive (being written, maybe on another host). */
+  leased?: { container: string; backupId: string }[];
 }
 
-/** Scans every container; throws StoreError when the store fails, AbortedError on abort. */
-export async function collectGarbage(store: ObjectStore, options: GcOptions = {}): Promise<GcReport> {
+/** An object of some backup (`…_backup_<id>-NNNNN`, `_metadata`, `_sha256file`) or a lease: what gc may remove in the s3 layout. */
+const BACKUP_OBJECT = /_backup_[A-Za-z0-9][A-Za-z0-9-]{3,}(-\d{5,}|_metadata|_sha256file)$/;
+
+/**
+ * Scans every container; throws StoreError when the store fails, AbortedError on abort. In the s3 layout it looks
+ * only at containers and objects named as backups are (a shared bucket may hold other things), and honours leases.
+ */
+export async function collectGarbage(store: ObjectStore, options: GcOptions = {}, layout: RepositoryLayout = 'posix'): Promise<GcReport> {
   const grace = options.gracePeriodMs ?? DEFAULT_GC_GRACE_MS;
-  const cutoff = (options.now ?? new Date()).getTime() - grace;
+  const now = (options.now ?? new Date()).getTime();
+  const cutoff = now - grace;
+  const leaseCutoff = now - (options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS);
   const report: GcReport = { removed: [], bytesFreed: 0, skipped: [] };
   const containers: string[] = [];
-  for await (const c of store.listContainers({ signal: options.signal })) containers.push(c);
+  for await (const c of store.listContainers({ signal: options.signal })) {
+    if (layout !== 's3' || isS3LayoutContainer(c)) containers.push(c);
+  }
   for (const container of containers) {
     throwIfAborted(options.signal, 'garbage collection');
     const objects = await store.list(container, '', { signal: options.signal });
+    const live: string[] = [];
+    for (const info of objects) {
+      const id = leaseBackupId(info.name);
+      if (id !== undefined && info.modified.getTime() > leaseCutoff) live.push(id);
+    }
+    for (const backupId of live) (report.leased ??= []).push({ container, backupId });
+    const leased = (name: string) => live.some((id) => belongsToBackup(name, id) || leaseBackupId(name) === id);
+    const collectable = (name: string) => layout !== 's3' || BACKUP_OBJECT.test(name) || leaseBackupId(name) !== undefined;
     const referenced = new Set<string>();
     let damaged = false;
     for (const info of objects) {
@@ -53,14 +81,14 @@ export async function collectGarbage(store: ObjectStore, options: GcOptions = {}
     }
     if (!damaged) {
       for (const info of objects) {
-        if (referenced.has(info.name) || info.modified.getTime() > cutoff) continue;
+        if (referenced.has(info.name) || info.modified.getTime() > cutoff || leased(info.name) || !collectable(info.name)) continue;
         if (!options.dryRun) await store.delete(container, info.name, { signal: options.signal });
         report.removed.push({ container, name: info.name, size: info.size });
         report.bytesFreed += info.size;
       }
     }
     for (const temp of await store.listTemporary(container, { signal: options.signal })) {
-      if (temp.modified.getTime() > cutoff) continue;
+      if (temp.modified.getTime() > cutoff || live.some((id) => temp.name.includes(`_backup_${id}`))) continue;
       if (!options.dryRun) await store.deleteTemporary(container, temp.name, { signal: options.signal });
       report.removed.push({ container, name: temp.name, size: temp.size });
       report.bytesFreed += temp.size;

@@ -13,3 +13,22 @@ export { FsObjectStore } from './store/fs-store.js';
 export { MemoryObjectStore } from './store/memory-store.js';
 export type { Compression, BackupMetadata, ObjectEntry, FleeceExtra, GuestConfigExtra } from './format/manifest.js';
 export { DigestTable, DEFAULT_DIGEST_MEMORY_LIMIT, type DigestTableOptions } from './digest-table.js';
+export { S3_DEFAULT_CHUNK_SIZE } from './repository.js';
+export { DEFAULT_LEASE, type LeaseOptions } from './writer.js';
+// The S3 store itself loads the AWS SDK: import it from './store/s3-store.js' where needed (openRepository does, lazily).
+export type { S3ObjectStore, S3StoreOptions } from './store/s3-store.js';
+export { S3StoreError } from './store/s3-store-error.js';
+export { isS3Location, parseS3Location, formatS3Location, type S3Location } from './store/s3-location.js';
+export { RetryStore, DEFAULT_RETRY_POLICY, isTransient, withRetry, type RetryPolicy } from './store/retry-store.js';
+export { KeyNamedStore } from './store/key-named-store.js';
+export type { RepositoryLayout } from './format/naming.js';
+export { scrubRepository, type ScrubOptions, type ScrubReport, type ScrubProblem } from './verify.js';
+export {
+  planPrune, keepsSomething, describeKeepOptions, describeReason, createdAtInstant,
+  type PruneRecord, type KeepOptions, type PrunePolicy, type PruneRule, type PruneReason, type PruneGroup, type PrunePlan,
+} from './prune-plan.js';
+export { PROTECTION_KEY, protectionOf, setProtection, readProtections, loadManifest, type Protection, type ProtectOptions } from './protect.js';
+export {
+  chainSegments, readChain, consolidateBackup,
+  type ChainSegment, type ChainReadStats, type ReadChainOptions, type ConsolidateOptions, type ConsolidateReport,
+} from './consolidate.js';

@@ -1,10 +1,12 @@
 // BackupWriter: turns a stream of extents into Cinder data objects, a _sha256file and, last, the _metadata.
 import { createHash, randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { AbortedError, ConflictError, FleeceError, InvalidInputError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
-import type { ObjectStore } from './store/object-store.js';
+import { StoreError, type ObjectStore } from './store/object-store.js';
 import {
-  FORMAT_VERSION, containerFor, dataObjectName, metadataName, objectPrefix, pythonDatetimeString, sha256FileName,
+  DEFAULT_LEASE_TTL_MS, FORMAT_VERSION, backupLocation, dataObjectName, leaseName, metadataName, pythonDatetimeString, sha256FileName,
+  type RepositoryLayout,
 } from './format/naming.js';
 import { serializeMetadataPieces, type BackupMetadata, type Compression, type FleeceExtra, type GuestConfigExtra, type ObjectEntry } from './format/manifest.js';
 import { DIGEST_BYTES, sha256FileStream, type DigestSink } from './format/sha256-file.js';
@@ -27,6 +29,20 @@ export const FLEECE_VERSION = '0.1.0';
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
 /** Cinder's backup_sha_block_size_bytes default. */
 export const DEFAULT_SHA_BLOCK_SIZE = 32 * 1024;
+
+/**
+ * A backup being written says so with a lease object (s3 layout, where writers on many hosts share one bucket):
+ * put before its first object, put again every `refreshMs`, removed after the commit; gc leaves every object of a
+ * backup whose lease is younger than its `ttlMs` alone. The writer refuses to commit when its lease went unrefreshed
+ * for half the ttl (a gc elsewhere may then have removed its objects).
+ */
+export interface LeaseOptions {
+  refreshMs: number;
+  ttlMs: number;
+}
+
+/** Refreshed every minute; alive for 15 minutes (gc's view: a writer that stopped refreshing is gone). */
+export const DEFAULT_LEASE: LeaseOptions = { refreshMs: 60_000, ttlMs: DEFAULT_LEASE_TTL_MS };
 
 /** How the producer reads: see the module README. */
 export type BackupMode = 'full' | 'changed-extents' | 'compare';
@@ -63,6 +79,12 @@ export interface WriterOptions {
   incrementalFrom?: string;
   groupId?: string;
   guestConfig?: GuestConfigExtra;
+  /** Object naming (default posix: Cinder's posix driver; s3: Cinder's S3 driver). */
+  layout?: RepositoryLayout;
+  /** The `az_<az>` of s3-layout names (default Cinder's `nova`). */
+  availabilityZone?: string;
+  /** Keep a lease while writing (see LeaseOptions); the repository sets it for the s3 layout. */
+  lease?: LeaseOptions;
   /** Worker threads (default: one per core). */
   workers?: number;
   /** Segments in flight (each at most chunkSize raw + its compressed objects); default 2 × workers + 2. */
@@ -152,6 +174,11 @@ export class BackupWriter {
   private bytesChanged = 0;
   private bytesStored = 0;
   private readonly signal: AbortSignal | undefined;
+  private leaseTimer: NodeJS.Timeout | undefined;
+  private leaseRefresh: Promise<void> | undefined;
+  private aborting: Promise<void> | undefined;
+  /** When the lease was last put (Date.now()); undefined: no lease (yet). */
+  private leaseAt: number | undefined;
   private readonly onAbort = () => { void this.abort(this.signal?.reason); };
 
   /** Throws InvalidInputError for bad sizes/options and IncompatibleParentError for a parent it cannot extend. */
@@ -191,8 +218,7 @@ export class BackupWriter {
     this.level = options.compressionLevel ?? DEFAULT_LEVELS[this.codec];
     this.backupId = options.backupId ?? randomUUID();
     this.created = options.now ?? new Date();
-    this.container = containerFor(this.backupId);
-    this.prefix = objectPrefix(options.volumeId, this.created, this.backupId);
+    ({ container: this.container, prefix: this.prefix } = backupLocation(options.layout ?? 'posix', options.volumeId, this.created, this.backupId, options.availabilityZone));
     this.zeroFull = createHash('sha256').update(Buffer.alloc(this.bs)).digest();
     const lastLen = size - (this.blocks - 1) * this.bs;
     this.zeroLast = lastLen === this.bs ? this.zeroFull : createHash('sha256').update(Buffer.alloc(lastLen)).digest();
@@ -221,8 +247,58 @@ export class BackupWriter {
    */
   prepare(): Promise<void> {
     const load = this.options.parent?.load;
-    this.prepared ??= load ? load((first, digests) => this.inherit(first, digests)) : Promise.resolve();
+    this.prepared ??= (async () => {
+      await this.takeLease();
+      if (load) await load((first, digests) => this.inherit(first, digests));
+    })();
     return this.prepared;
+  }
+
+  private leaseBody(): Buffer {
+    return Buffer.from(`${JSON.stringify({
+      backup_id: this.backupId, prefix: this.prefix, host: hostname(), pid: process.pid,
+      refreshed_at: new Date().toISOString(), ttl_seconds: Math.round(this.options.lease!.ttlMs / 1000),
+    })}\n`);
+  }
+
+  /** Puts the lease (when asked for one) and keeps refreshing it. Throws StoreError when the first put fails. */
+  private async takeLease(): Promise<void> {
+    const lease = this.options.lease;
+    if (!lease) return;
+    const name = leaseName(this.container, this.backupId);
+    await this.store.put(this.container, name, this.leaseBody(), { signal: this.signal });
+    this.leaseAt = Date.now();
+    this.leaseTimer = setInterval(() => {
+      if (this.leaseRefresh) return; // the previous refresh is still on its way
+      const at = Date.now();
+      this.leaseRefresh = this.store.put(this.container, name, this.leaseBody(), { signal: this.signal }).then(
+        () => { if (this.leaseAt !== undefined) this.leaseAt = Math.max(this.leaseAt, at); },
+        (error: unknown) => log.warn({ backupId: this.backupId, err: error }, 'could not refresh the backup\'s lease'))
+        .finally(() => { this.leaseRefresh = undefined; });
+    }, lease.refreshMs);
+    this.leaseTimer.unref();
+  }
+
+  /** Throws StoreError when the lease went unrefreshed for half its ttl (gc elsewhere may have taken objects). */
+  private checkLease(): void {
+    const lease = this.options.lease;
+    if (!lease || this.leaseAt === undefined) return;
+    const age = Date.now() - this.leaseAt;
+    if (age > lease.ttlMs / 2) {
+      throw new StoreError(`backup ${this.backupId} could not refresh its lease in ${this.store.location} for ${Math.round(age / 1000)} s`, {
+        hint: 'a gc on another host may have removed its objects meanwhile: take the backup again',
+      });
+    }
+  }
+
+  /** Stops refreshing the lease and removes it (best effort: gc removes a stale one). Never throws. */
+  private async releaseLease(): Promise<void> {
+    clearInterval(this.leaseTimer);
+    this.leaseTimer = undefined;
+    await this.leaseRefresh; // else a refresh on its way would put the lease back
+    if (this.leaseAt === undefined) return;
+    this.leaseAt = undefined;
+    await this.store.delete(this.container, leaseName(this.container, this.backupId)).catch(() => undefined);
   }
 
   private check(): void {
@@ -499,9 +575,11 @@ export class BackupWriter {
         version: FORMAT_VERSION, volume_meta: o.volumeMeta ?? null,
       };
       this.checkFinishing();
+      this.checkLease();
       const pieces = async function* () { yield* serializeMetadataPieces(meta); };
       await this.store.put(this.container, metadataName(this.prefix), pieces(), { signal: this.signal });
       this.state = 'done';
+      await this.releaseLease();
       o.onCommit?.(meta);
       log.debug({ backupId: this.backupId, objects: this.entries.length }, 'backup committed');
       return {
@@ -528,25 +606,32 @@ export class BackupWriter {
 
   /** Best effort: removes the objects this backup wrote (gc would find them otherwise). Never throws. */
   private async cleanup(): Promise<void> {
+    clearInterval(this.leaseTimer);
+    await this.prepared?.catch(() => undefined); // a lease being taken
     await this.tail.catch(() => undefined);
     while (this.putsRunning > 0) await new Promise<void>((resolve) => this.putWaiters.push(resolve));
     for (const name of this.written.splice(0)) {
       await this.store.delete(this.container, name).catch(() => undefined);
     }
+    await this.releaseLease();
   }
 
   /** Stops the backup: no _metadata is written, objects written so far are removed (best effort). Never throws. */
   async abort(reason?: unknown): Promise<void> {
-    if (this.state === 'done' || this.state === 'aborted') return;
+    if (this.state === 'aborted') return this.aborting; // a second call (the signal's, then the caller's) waits for the first
+    if (this.state === 'done') return;
     const wasFinishing = this.state === 'finishing';
     this.state = 'aborted';
     this.failure = reason;
     for (const w of this.slotWaiters.splice(0)) w();
     this.signal?.removeEventListener('abort', this.onAbort);
     if (!wasFinishing) {
-      await this.pool.close();
-      await this.cleanup();
-      this.digests.close();
+      this.aborting = (async () => {
+        await this.pool.close();
+        await this.cleanup();
+        this.digests.close();
+      })();
+      await this.aborting;
     }
   }
 }

@@ -7,6 +7,11 @@
   write ROOT INPUT VOLUME_ID BACKUP_ID [--parent ID] [--compression zlib|bz2|none] [--chunk-size N] [--sha-block-size N]
                                     back INPUT up as Cinder does (incrementals by comparing sha256s with the parent)
   canon FILE                        print json.dumps(json.load(FILE), sort_keys=True, indent=2)
+  restore-s3 ENDPOINT BUCKET BACKUP_ID OUT SIZE
+                                    the same from a bucket laid out as Cinder's S3 driver lays it out (keys
+                                    volume_<id>/<YYYYmmddHHMMSS>/az_<az>_backup_<id>-00001, ..._metadata,
+                                    ..._sha256file), with boto3 (Debian's python3-boto3; AWS_ACCESS_KEY_ID,
+                                    AWS_SECRET_ACCESS_KEY from the environment), path-style addressing
 """
 import argparse, bz2, datetime, hashlib, json, os, subprocess, sys, zlib
 
@@ -80,6 +85,75 @@ def restore(root, backup_id, out, size):
             if got != want:
                 raise SystemExit('restored block %d does not match the sha256file' % i)
     print('restored %s (%d backups)' % (backup_id, len(chain)))
+
+
+def s3_client(endpoint):
+    import boto3
+    from botocore.config import Config
+    return boto3.client('s3', endpoint_url=endpoint, region_name=os.environ.get('AWS_REGION', 'us-east-1'),
+                        config=Config(s3={'addressing_style': 'path'}, signature_version='s3v4'))
+
+
+def s3_keys(client, bucket, prefix):
+    """Cinder's S3 driver get_container_entries: every key of the bucket that starts with prefix."""
+    keys = []
+    for page in client.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(o['Key'] for o in page.get('Contents', []))
+    return keys
+
+
+def s3_read(client, bucket, key):
+    return client.get_object(Bucket=bucket, Key=key)['Body'].read()
+
+
+def s3_find_metadata(client, bucket, backup_id):
+    # Cinder keeps the prefix in the backup record (service_metadata); without one, find it by its _metadata key.
+    names = [k for k in s3_keys(client, bucket, 'volume_') if k.endswith('_backup_%s_metadata' % backup_id)]
+    if len(names) != 1:
+        raise SystemExit('backup %s: %d metadata objects in bucket %s' % (backup_id, len(names), bucket))
+    return names[0][:-len('_metadata')], json.loads(s3_read(client, bucket, names[0]).decode('utf-8'))
+
+
+def restore_s3(endpoint, bucket, backup_id, out, size):
+    client = s3_client(endpoint)
+    chain = []
+    current = backup_id
+    while current is not None:
+        prefix, meta = s3_find_metadata(client, bucket, current)
+        chain.append((prefix, meta))
+        current = meta.get('parent_id')
+    chain.reverse()
+    with open(out, 'wb') as volume_file:
+        volume_file.truncate(size)
+        for prefix, meta in chain:
+            if meta['version'] != '1.0.0':
+                raise SystemExit('unsupported version %s' % meta['version'])
+            names = []
+            for obj in meta['objects']:
+                names.extend(obj.keys())
+            container_list = s3_keys(client, bucket, prefix)
+            for item in (prefix + '_metadata', prefix + '_sha256file'):
+                if item in container_list:
+                    container_list.remove(item)
+            if sorted(container_list) != sorted(names):
+                raise SystemExit('backup %s: bucket objects %s differ from the manifest %s' % (meta['backup_id'], sorted(container_list), sorted(names)))
+            for obj in meta['objects']:
+                name = list(obj.keys())[0]
+                info = obj[name]
+                data = decompress(info.get('compression'), s3_read(client, bucket, name))
+                if hashlib.md5(data).hexdigest() != info['md5']:
+                    raise SystemExit('object %s: md5 mismatch' % name)
+                volume_file.seek(info['offset'])
+                volume_file.write(data)
+    prefix, meta = chain[-1]
+    shafile = json.loads(s3_read(client, bucket, prefix + '_sha256file').decode('utf-8'))
+    bs = shafile['chunk_size']
+    with open(out, 'rb') as f:
+        for i, want in enumerate(shafile['sha256s']):
+            got = hashlib.sha256(f.read(bs)).hexdigest()
+            if got != want:
+                raise SystemExit('restored block %d does not match the sha256file' % i)
+    print('restored %s (%d backups) from s3://%s' % (backup_id, len(chain), bucket))
 
 
 def compress(algorithm, data):
@@ -163,9 +237,13 @@ def main():
     w.add_argument('--chunk-size', type=int, default=1024 * 1024); w.add_argument('--sha-block-size', type=int, default=32768)
     c = sub.add_parser('canon')
     c.add_argument('file')
+    s3 = sub.add_parser('restore-s3')
+    s3.add_argument('endpoint'); s3.add_argument('bucket'); s3.add_argument('backup_id'); s3.add_argument('out'); s3.add_argument('size', type=int)
     a = p.parse_args()
     if a.cmd == 'restore':
         restore(a.root, a.backup_id, a.out, a.size)
+    elif a.cmd == 'restore-s3':
+        restore_s3(a.endpoint, a.bucket, a.backup_id, a.out, a.size)
     elif a.cmd == 'write':
         write(a.root, a.input, a.volume_id, a.backup_id, a.parent, a.compression, a.chunk_size, a.sha_block_size)
     else:

@@ -105,7 +105,8 @@ describe('fleeced API', () => {
     expect(refused.exitCode).not.toBe(0);
     expect(refused.stderr).toMatch(/token/);
 
-    daemon = await startDaemonProcess(daemonDirs(dir), ['--tcp', `127.0.0.1:${port}`, '--token-file', tokenFile]);
+    // Plain HTTP on loopback, as explicitly allowed (test/e2e/daemon-https.test.ts covers HTTPS).
+    daemon = await startDaemonProcess(daemonDirs(dir), ['--tcp', `127.0.0.1:${port}`, '--token-file', tokenFile, '--allow-plain-loopback']);
     const target = { host: '127.0.0.1', port };
     const anonymous = await request(target, 'GET', '/v1/health');
     expect(anonymous.status).toBe(401);

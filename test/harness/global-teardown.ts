@@ -8,4 +8,5 @@ export default async function globalTeardown(): Promise<void> {
   const require = createRequire(import.meta.url);
   const { stopSharedLibvirt } = require('./libvirt.ts') as typeof import('./libvirt.js');
   await stopSharedLibvirt();
+  await (require('./swift.ts') as typeof import('./swift.js')).stopSharedSwift();
 }

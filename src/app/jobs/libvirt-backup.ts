@@ -13,6 +13,7 @@ import { parseCheckpointXml } from '../../checkpoint/checkpoint-xml.js';
 import type { PreparedCheckpoint } from '../../checkpoint/manager.js';
 import { queryDisks } from '../../qemu/block-graph.js';
 import { FleeceError, InvalidInputError } from '../../util/errors.js';
+import { nbdTlsForVm, type NbdTls } from '../nbd-tls-settings.js';
 import type { DiskProgress } from './job-info.js';
 import type { JobHandle, JobProgress, PreparedJob } from './job-handle.js';
 import type { VmConnection } from './qmp-pool.js';
@@ -30,6 +31,8 @@ export interface LibvirtBackupContext {
   tag: string;
   runDir: string;
   stateDir: string;
+  /** The daemon's NBD TLS credentials for TCP exports (the VM's registry entry may name its own). */
+  nbdTls?: NbdTls;
 }
 
 /** Re-throws an input error with the request field it came from in front of its message. */
@@ -76,7 +79,9 @@ function progressOf(info: BackupJobInfo, exportsByDisk: Map<string, DiskProgress
 /**
  * Checks the request against the VM and builds the job. No backup XML means a full pull backup of every disk over a
  * unix socket in the run directory (what `virsh backup-begin` without XML gives a reader); push targets and scratch
- * images the XML leaves out go under `<stateDir>/backups/<vm>/` and `<stateDir>/scratch/<vm>/`.
+ * images the XML leaves out go under `<stateDir>/backups/<vm>/` and `<stateDir>/scratch/<vm>/`. A tcp `<server>`
+ * speaks TLS with the VM's credentials (its registry entry's, else the daemon's) when `tls='yes'`, or when
+ * credentials are configured and the XML does not say `tls='no'`.
  * @throws InvalidInputError naming the field (backupXml, checkpointXml) and the element; NotFoundError/ConflictError
  *   for checkpoints; QMP errors when QEMU does not answer.
  */
@@ -87,6 +92,7 @@ export async function prepareLibvirtBackup(ctx: LibvirtBackupContext, request: B
     request.backupXml !== undefined ? inField('backupXml', () => parseBackupXml(request.backupXml as string)) : { mode: 'pull', disks: [] };
   const checkpointDef = request.checkpointXml !== undefined ? inField('checkpointXml', () => parseCheckpointXml(request.checkpointXml as string)) : undefined;
 
+  const tls = nbdTlsForVm(conn.entry, ctx.nbdTls);
   const disks = await queryDisks(conn.qmp);
   const checkpoints = (await conn.checkpoints.list()).map((cp) => cp.name);
   const resolved: ResolvedBackup = inField('backupXml', () =>
@@ -98,6 +104,7 @@ export async function prepareLibvirtBackup(ctx: LibvirtBackupContext, request: B
       defaultTargetDir: join(ctx.stateDir, 'backups', vm),
       defaultScratchDir: join(ctx.stateDir, 'scratch', vm),
       defaultSocket: join(ctx.runDir, `${vm}-${tag}.sock`),
+      tlsConfigured: tls !== undefined,
       fileSuffix: jobId,
     }),
   );
@@ -157,7 +164,7 @@ export async function prepareLibvirtBackup(ctx: LibvirtBackupContext, request: B
     };
   }
 
-  const pull = inField('backupXml', () => pullRequestFromResolved(resolved, disks));
+  const pull = inField('backupXml', () => pullRequestFromResolved(resolved, disks, tls));
   return {
     kind: 'pull',
     ...common,
@@ -179,6 +186,7 @@ export async function prepareLibvirtBackup(ctx: LibvirtBackupContext, request: B
         qmp: conn.qmp,
         disks: pull.disks,
         server: pull.server,
+        ...(pull.tls ? { tls: pull.tls } : {}),
         checkpointActions,
         ...(recordCheckpoint ? { recordCheckpoint } : {}),
         signal,

@@ -1,7 +1,9 @@
 // After a daemon restart: undoes what an interrupted job left in QEMU (exports, NBD server, jobs, temporary and
 // unrecorded checkpoint bitmaps, fleece's nodes) and on the host (scratch images, unfinished targets, sockets).
 import { unlink } from 'node:fs/promises';
+import { tlsObjectIdOf } from '../../backup/plan.js';
 import { endJob } from '../../backup/qemu-effects.js';
+import { objectDel } from '../../qemu/nbd-export.js';
 import type { CheckpointStore } from '../../checkpoint/store.js';
 import { queryDisks } from '../../qemu/block-graph.js';
 import type { QmpExecutor } from '../../qmp/index.js';
@@ -72,6 +74,10 @@ export async function cleanupQmpLeftovers(
         await step(report, 'NBD server', () => qmp.execute('nbd-server-stop').then(() => true, () => false));
       }
     }
+    // The NBD server's TLS credentials (fl-<tag>-tls), now that the server that used them is gone.
+    const tlsId = tlsObjectIdOf(tag);
+    const objects = await qmp.execute<{ name: string }[]>('qom-list', { path: '/objects' }).catch(() => []);
+    if (objects.some((o) => o.name === tlsId)) await step(report, `TLS credentials ${tlsId}`, () => objectDel(qmp, tlsId));
     const jobs = await qmp.execute<{ id: string }[]>('query-jobs').catch(() => []);
     for (const job of jobs.filter((j) => (j.id.startsWith('fleece-') || j.id.startsWith('create-fl-')) && mine(j.id))) {
       await step(report, `job ${job.id}`, () => endJob(qmp, job.id, 30_000).then(() => undefined));

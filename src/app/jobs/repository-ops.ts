@@ -3,8 +3,10 @@ import type { BackupRecord, VerifyReport } from '../../repository/index.js';
 import type { RestoreSummary } from '../../restore/index.js';
 import { InvalidInputError } from '../../util/errors.js';
 import { listBackups, restoreToFile, verifyBackup } from '../repository-operations.js';
+import { isAcceptedRepoLocation } from '../repo-location.js';
 
 function absolute(field: string, path: string): void {
+  if (field === 'repo' && isAcceptedRepoLocation(path)) return; // a directory or s3://bucket[/prefix]
   if (!path.startsWith('/')) throw new InvalidInputError(`${field}: '${path}' is not an absolute path`, { hint: `give ${field} as an absolute path` });
 }
 

@@ -6,6 +6,7 @@
 //   begin()   ──► PointInTime { exports[] }  ──► consumer reads ──► finish() | abort()
 import type { CheckpointCheck } from '../../checkpoint/manager.js';
 import type { Checkpoint } from '../../checkpoint/model.js';
+import type { NbdTls } from '../../nbd/nbd-tls.js';
 import { FleeceError } from '../../util/errors.js';
 import type { BackupJournal } from '../journal.js';
 
@@ -63,8 +64,10 @@ export interface DiskExport {
   exportName: string;
   /** The unix socket, when the server listens on one. */
   socket?: string;
-  /** `nbd+unix:///vda?socket=…` or `nbd://host:port/vda`. */
+  /** `nbd+unix:///vda?socket=…`, `nbd://host:port/vda`, or over TLS `nbds://host:port/vda`. */
   uri: string;
+  /** The TLS credentials the reader must use (the server refuses plaintext then). */
+  tls?: NbdTls;
   /** The meta context to read extents from: `qemu:dirty-bitmap:…` (incremental) or `base:allocation` (full). */
   context: string;
   incrementalFrom?: string;

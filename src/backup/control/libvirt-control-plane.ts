@@ -4,6 +4,7 @@
 // Never a QMP client or qemu-monitor-command on a libvirt domain: libvirt owns its monitor.
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm, unlink } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import {
   LibvirtError,
@@ -12,6 +13,7 @@ import {
   VIR_ERR_OPERATION_INVALID,
   type LibvirtConnection,
 } from '../../../native/libvirt/index.js';
+import type { NbdTls } from '../../nbd/nbd-tls.js';
 import type { CheckpointCheck, CheckpointDiskCheck } from '../../checkpoint/manager.js';
 import { escapeXml, parseCheckpointXml } from '../../checkpoint/checkpoint-xml.js';
 import { checkpointBitmaps, type Checkpoint } from '../../checkpoint/model.js';
@@ -34,6 +36,24 @@ export interface LibvirtControlPlaneOptions {
   ownsConnection?: boolean;
   /** The URI `conn` is open on: named in the journal, so that another process can clean up. */
   connect?: string;
+  /**
+   * Export over NBD with TLS instead of a unix socket: libvirt's `<server transport='tcp' name='127.0.0.1'
+   * port='<free>' tls='yes'/>`, libvirt reading its server certificates from qemu.conf's backup_tls_x509_cert_dir
+   * (default /etc/pki/qemu); the reader uses these client credentials (x509 only: libvirt has no PSK for backups).
+   */
+  tls?: NbdTls;
+}
+
+/** A TCP port on 127.0.0.1 that nobody listens on right now (libvirt's NBD server takes it a moment later). */
+async function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
 }
 
 /** Sizes of the domain's disks, as libvirt's block info gives them (capacity = guest-visible size). */
@@ -86,8 +106,15 @@ export async function libvirtCheckpoints(
   return { checkpoints, checks, unreadable };
 }
 
-function backupXml(socket: string, disks: { target: string; incrementalFrom?: string; scratch: string }[], all: string[]): string {
-  const lines = ["<domainbackup mode='pull'>", `  <server transport='unix' socket='${escapeXml(socket)}'/>`, '  <disks>'];
+/** Where libvirt's NBD server listens: a unix socket, or TCP with TLS. */
+export type LibvirtBackupServer = { socket: string } | { tlsPort: number };
+
+/** The pull `<domainbackup>` fleece gives libvirt (exported for tests). */
+export function libvirtBackupXml(server: LibvirtBackupServer, disks: { target: string; incrementalFrom?: string; scratch: string }[], all: string[]): string {
+  const element = 'socket' in server
+    ? `  <server transport='unix' socket='${escapeXml(server.socket)}'/>`
+    : `  <server transport='tcp' name='127.0.0.1' port='${server.tlsPort}' tls='yes'/>`;
+  const lines = ["<domainbackup mode='pull'>", element, '  <disks>'];
   for (const target of all) {
     const d = disks.find((x) => x.target === target);
     if (!d) {
@@ -156,6 +183,14 @@ export class LibvirtControlPlane implements ControlPlane {
     const socketDir = join(this.options.runDir, `${vm}-${tag}`);
     await mkdir(socketDir, { mode: 0o700 });
     const socket = join(socketDir, 'nbd.sock');
+    const tls = this.options.tls;
+    if (tls && tls.type !== 'x509') {
+      await rm(socketDir, { recursive: true, force: true });
+      throw new InvalidInputError(`VM '${vm}': libvirt's backup exports take x509 certificates only, not a pre-shared key`, {
+        hint: 'give the VM a TLS certificate directory (tlsDir) instead of tlsPsk',
+      });
+    }
+    const server: LibvirtBackupServer = tls ? { tlsPort: await freeLoopbackPort() } : { socket };
     const disks = request.disks.map((d) => ({ ...d, scratch: join(this.options.scratchDir, `${vm}-${d.target}-${tag}.qcow2`) }));
     const checkpoint = request.checkpoint && request.checkpoint.disks.length > 0 ? request.checkpoint : undefined;
     const warnings: string[] = [];
@@ -194,7 +229,7 @@ export class LibvirtControlPlane implements ControlPlane {
     }
     let begun = false;
     try {
-      await conn.backupBegin(vm, backupXml(socket, disks, allTargets), checkpoint ? checkpointXml(checkpoint.name, checkpoint.disks, allTargets) : null);
+      await conn.backupBegin(vm, libvirtBackupXml(server, disks, allTargets), checkpoint ? checkpointXml(checkpoint.name, checkpoint.disks, allTargets) : null);
       begun = true;
     } catch (error) {
       await rm(socketDir, { recursive: true, force: true });
@@ -218,8 +253,9 @@ export class LibvirtControlPlane implements ControlPlane {
     const exports: DiskExport[] = disks.map((d) => ({
       disk: d.target,
       exportName: d.target,
-      socket,
-      uri: `nbd+unix:///${encodeURIComponent(d.target)}?socket=${socket}`,
+      ...('socket' in server
+        ? { socket, uri: `nbd+unix:///${encodeURIComponent(d.target)}?socket=${socket}` }
+        : { uri: `nbds://127.0.0.1:${server.tlsPort}/${encodeURIComponent(d.target)}`, tls: tls! }),
       context: d.incrementalFrom ? `qemu:dirty-bitmap:backup-${d.target}` : 'base:allocation',
       ...(d.incrementalFrom ? { incrementalFrom: d.incrementalFrom } : {}),
       size: sizes.get(d.target)!,

@@ -8,6 +8,7 @@ import type { QmpExecutor } from '../../qmp/index.js';
 import { InvalidInputError, describeError } from '../../util/errors.js';
 import type { BackupRegistry } from '../backup-registry.js';
 import { newJobTag } from '../begin-backup.js';
+import { startCbwFleecing } from '../fleecing-cbw.js';
 import { startPullBackup } from '../pull-backup.js';
 import type { BeginRequest, ControlPlane, Inspection, PointInTime } from './control-plane.js';
 
@@ -27,19 +28,34 @@ export interface QmpControlPlaneOptions {
   registry?: BackupRegistry;
   /** Closes the QMP connection when the plane is closed (the plane opened it). */
   onClose?: () => Promise<void>;
+  /**
+   * 'overlay' (default): a qcow2 scratch overlay and blockdev-backup sync:none. 'cbw' (QEMU ≥ 7.1): the
+   * copy-before-write filter and a snapshot-access export (backup/fleecing-cbw.ts): what a reader discards leaves
+   * the scratch, and an incremental export refuses reads outside its bitmap.
+   */
+  fleecing?: 'overlay' | 'cbw';
 }
 
-/** Thaws the guest through a new agent connection (the agent runs commands in order: after a pending freeze). */
+/**
+ * Thaws the guest through a new agent connection after a freeze that may or may not have reached it (the agent runs
+ * commands in order, so the thaw comes after a pending freeze). Tries for up to a minute; never throws.
+ */
 async function thawAgain(socket: string): Promise<void> {
-  try {
-    const rescue = await GuestAgentClient.connect(socket);
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
     try {
-      await rescue.thaw();
-    } finally {
-      rescue.close();
+      const rescue = await GuestAgentClient.connect(socket, { timeoutMs: 20_000 });
+      try {
+        const status = await rescue.execute<string>('guest-fsfreeze-status', undefined, { timeoutMs: 20_000 });
+        if (status !== 'frozen') return;
+        await rescue.thaw();
+        return;
+      } finally {
+        rescue.close();
+      }
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 500));
     }
-  } catch {
-    // The guest was not frozen after all (the freeze never reached it), or its agent is gone.
   }
 }
 
@@ -115,7 +131,9 @@ export class QmpControlPlane implements ControlPlane {
           frozen = true;
         } catch (error) {
           // The freeze may have reached the agent before it failed (aborted, timed out): thaw whatever happened.
-          // A fresh connection: the first one may be closed by the abort, or still waiting for the freeze's reply.
+          // A fresh connection: the first one may be waiting for the freeze's reply. QEMU serves one agent client at
+          // a time, so the first one is closed before.
+          agent?.close();
           if (freezeSent) await thawAgain(this.options.guestAgent);
           if (frozenId !== undefined) {
             await journal?.clear(frozenId);
@@ -131,9 +149,26 @@ export class QmpControlPlane implements ControlPlane {
         }
       }
     }
-    let session;
+    let session: { exports: readonly { disk: string; exportName: string; socket?: string; uri: string; context: string; incrementalFrom?: string; size: number }[]; finish(): Promise<{ warnings: string[] }>; abort(reason?: unknown): Promise<void> };
     try {
-      session = await startPullBackup({
+      if (this.options.fleecing === 'cbw') {
+        const reservation = this.options.registry?.reserve(vm);
+        try {
+          const cbw = await startCbwFleecing({
+            vm, qmp, tag, disks,
+            ...(prepared ? { checkpointActions: prepared.actions, recordCheckpoint: () => checkpoints.commitCreated(prepared.checkpoint) } : {}),
+            scratchDir: this.options.scratchDir, runDir: this.options.runDir, exportWritable: request.exportWritable ?? false, ...(signal ? { signal } : {}),
+          });
+          session = {
+            exports: cbw.exports,
+            finish: () => cbw.finish().finally(() => reservation?.release()),
+            abort: (reason) => cbw.abort(reason).finally(() => reservation?.release()),
+          };
+        } catch (error) {
+          reservation?.release();
+          throw error;
+        }
+      } else session = await startPullBackup({
         vm,
         qmp,
         tag,

@@ -20,8 +20,9 @@ const SUFFIX_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.+:@-]*$/;
  * - a disk is incremental when it names a checkpoint or the definition does, unless `backupmode='full'`;
  * - push targets and pull scratch images left out go to `defaultTargetDir` / `defaultScratchDir` as
  *   `<disk>.<fileSuffix>.qcow2` / `<disk>.<fileSuffix>.scratch.qcow2`; images default to qcow2;
- * - pull: `<server>` defaults to `defaultSocket`, a tcp port to `defaultTcpPort`; export names default to the
- *   disk name, exported bitmaps to `backup-<disk>`.
+ * - pull: `<server>` defaults to `defaultSocket`, a tcp port to `defaultTcpPort`, `tls=` on tcp to yes when TLS
+ *   credentials are configured (`tlsConfigured`) and no otherwise; export names default to the disk name, exported
+ *   bitmaps to `backup-<disk>`.
  * The definition is not modified; the result shares no objects with it.
  * @throws InvalidInputError naming the element or attribute and the fix, for: an unknown or duplicate disk, an
  * unknown checkpoint, incremental on a disk that cannot hold bitmaps, `backupmode='incremental'` with no
@@ -212,5 +213,5 @@ function resolveServer(def: BackupDefinition, context: ResolveBackupContext): No
   if (!Number.isInteger(port) || port < 1 || port > 65535) {
     throw new InvalidInputError(`<server transport='tcp' port='${port}'>: not a TCP port`, { hint: 'use a number from 1 to 65535' });
   }
-  return { transport: 'tcp', name: server.name, port, tls: server.tls ?? false };
+  return { transport: 'tcp', name: server.name, port, tls: server.tls ?? context.tlsConfigured ?? false };
 }

@@ -73,6 +73,11 @@ export interface ResolveBackupContext {
   defaultSocket?: string;
   /** Port for `<server transport='tcp'>` without `port=`. */
   defaultTcpPort?: number;
+  /**
+   * TLS credentials are configured for the VM: a `<server transport='tcp'>` without `tls=` then gets TLS (an explicit
+   * `tls='no'` still turns it off). Default false.
+   */
+  tlsConfigured?: boolean;
   /** Distinguishes default file names of this job (e.g. the job's start time or new checkpoint); default `backup`. */
   fileSuffix?: string;
 }

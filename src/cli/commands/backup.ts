@@ -3,7 +3,9 @@ import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import type { RepositoryBackupSummary } from '../../app/backup-to-repository.js';
 import { checkBackupRequest, type BackupRequest } from '../../app/backup-request.js';
+import { repoLocation } from '../../app/repo-location.js';
 import { resolveBackupTarget, runBackup } from '../../app/run-backup.js';
+import { backupThroughProvider } from './provider.js';
 import type { Compression } from '../../app/vocabulary.js';
 import type { CliContext } from '../context.js';
 import { detectDaemon, type DaemonClient } from '../daemon-client.js';
@@ -15,7 +17,8 @@ interface BackupFlags {
   qmp?: string;
   connect?: string;
   guestAgent?: string;
-  repo: string;
+  repo?: string;
+  provider?: string;
   full?: boolean;
   incremental?: boolean;
   disk?: string[];
@@ -34,13 +37,14 @@ export function requestFromFlags(vm: string, flags: BackupFlags): BackupRequest 
   const quiesce = flags.quiesce === undefined || flags.quiesce === false ? undefined : flags.quiesce === true ? 'yes' : flags.quiesce;
   return checkBackupRequest({
     vm,
-    repo: resolve(flags.repo),
+    ...(flags.repo !== undefined ? { repo: repoLocation(flags.repo) } : {}),
+    ...(flags.provider !== undefined ? { provider: flags.provider } : {}),
     ...(flags.qmp ? { qmp: resolve(flags.qmp) } : {}),
     ...(flags.connect ? { connect: flags.connect } : {}),
     ...(flags.guestAgent ? { guestAgent: resolve(flags.guestAgent) } : {}),
     level: flags.full ? 'full' : flags.incremental ? 'incremental' : 'auto',
     ...(flags.disk ? { disks: flags.disk } : {}),
-    ...(flags.compression ? { compression: flags.compression } : {}),
+    ...(flags.compression && flags.provider === undefined ? { compression: flags.compression } : {}),
     ...(flags.bandwidth ? { bandwidth: flags.bandwidth } : {}),
     ...(flags.parallel ? { parallel: flags.parallel } : {}),
     ...(flags.connections ? { connections: flags.connections } : {}),
@@ -64,7 +68,8 @@ export function registerBackupCommand(program: Command, context: () => CliContex
     .command('backup')
     .description('back up a running VM into a repository: all disks (or --disk), full or incremental since the last backup (auto)')
     .argument('<vm>', 'VM name: a libvirt domain (with --connect, or registered), or a bare QEMU (with --qmp, or registered)')
-    .requiredOption('--repo <dir>', 'the repository directory (created when missing)')
+    .option('--repo <dir>', 'the repository directory (created when missing)')
+    .option('--provider <name>', 'instead of --repo: hand the point in time to this external backup provider (`fleece provider add`)')
     .option('-c, --connect <uri>', 'libvirt connection URI of the domain (qemu:///system, qemu+unix:///system?socket=…)')
     .option('--qmp <socket>', 'QMP socket of a bare QEMU (instead of the registry)')
     .option('--guest-agent <socket>', 'guest agent socket of a bare QEMU (for --quiesce)')
@@ -93,7 +98,11 @@ Examples:
   fleece backup vm1 --qmp /run/vm1/qmp.sock --repo /backups/repo`)
     .action(async (vm: string, flags: BackupFlags) => {
       const ctx = context();
+      if ((flags.repo === undefined) === (flags.provider === undefined)) {
+        throw new FleeceError('USAGE', flags.repo === undefined ? "required option '--repo <dir>' not specified (or --provider <name>)" : '--repo and --provider exclude each other');
+      }
       const request = requestFromFlags(vm, flags);
+      if (request.provider !== undefined) return backupThroughProvider(ctx, request);
       // One process owns each VM: when a fleeced runs and knows this VM, the backup is its job.
       const daemon = await detectDaemon(ctx.daemonSocket);
       if (daemon && (await daemon.listVms()).some((v) => v.name === vm)) {

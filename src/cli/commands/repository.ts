@@ -11,10 +11,13 @@ import {
   type BackupSelector,
 } from '../../app/repository-operations.js';
 import { openLibvirtDefiner, restoreGroup } from '../../app/restore-group.js';
+import { repoLocation } from '../../app/repo-location.js';
 import type { BackupRecord } from '../../app/vocabulary.js';
 import { FleeceError, IntegrityError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import { formatBytes } from '../progress.js';
+import { scrubCommand } from './retention.js';
+import { restoreThroughProvider } from './provider.js';
 
 interface SelectorFlags {
   backup?: string;
@@ -58,7 +61,9 @@ function listRows(records: BackupRecord[]): string {
 }
 
 interface RestoreFlags extends SelectorFlags {
+  /** Absent only with --provider (checked first thing in the action). */
   repo: string;
+  provider?: string;
   out?: string;
   format: 'raw' | 'qcow2';
   force?: boolean;
@@ -82,7 +87,7 @@ async function restoreGroupCommand(ctx: CliContext, flags: RestoreFlags, format:
   const progress = ctx.progress();
   let started = false;
   try {
-    const result = await restoreGroup(resolve(flags.repo), flags.group!, resolve(flags.outDir), {
+    const result = await restoreGroup(repoLocation(flags.repo), flags.group!, resolve(flags.outDir), {
       ...(format !== undefined ? { format } : {}),
       ...(flags.force ? { overwrite: true } : {}),
       ...(flags.define !== undefined ? { define: { name: flags.define, connect: flags.connect!, openDefiner: openLibvirtDefiner } } : {}),
@@ -124,23 +129,24 @@ export function registerRepositoryCommands(program: Command, context: () => CliC
   program
     .command('list')
     .description('list the complete backups in a repository (oldest first)')
-    .requiredOption('--repo <dir>', 'the repository directory')
+    .requiredOption('--repo <dir>', 'the repository directory, or s3://BUCKET[/PREFIX]')
     .option('--vm <name>', 'only this VM')
     .option('--disk <target>', 'only this disk')
     .action(async (flags: { repo: string; vm?: string; disk?: string }) => {
       const ctx = context();
-      const records = await listBackups(resolve(flags.repo), {
+      const records = await listBackups(repoLocation(flags.repo), {
         ...(flags.vm !== undefined ? { vm: flags.vm } : {}), ...(flags.disk !== undefined ? { disk: flags.disk } : {}), signal: ctx.signal,
       });
       if (ctx.json) ctx.printJson(records);
-      else if (records.length === 0) ctx.info(`no backups in ${resolve(flags.repo)}${flags.vm ? ` for VM '${flags.vm}'` : ''}`);
+      else if (records.length === 0) ctx.info(`no backups in ${repoLocation(flags.repo)}${flags.vm ? ` for VM '${flags.vm}'` : ''}`);
       else ctx.print(listRows(records));
     });
 
   addSelector(program
     .command('restore')
     .description('restore one disk backup (its whole chain) into a new raw or qcow2 file, or every disk of a VM backup group into a directory (optionally defined as a new libvirt domain), checking every object and the final sha256s')
-    .requiredOption('--repo <dir>', 'the repository directory')
+    .option('--repo <dir>', 'the repository directory, or s3://BUCKET[/PREFIX]')
+    .option('--provider <name>', 'instead of --repo: restore --backup ID (the provider\'s backup id; --disk picks the volume) from this backup provider')
     .option('--out <file>', 'the file to create (one disk backup)'))
     .option('--group <id>', 'instead of one backup: every disk backup of this VM backup group (the GROUP column of `fleece list`)')
     .option('--out-dir <dir>', 'with --group: the directory to restore into, one <disk>.<format> image per disk (created if missing)')
@@ -155,6 +161,18 @@ Examples:
   fleece restore --repo /backups/repo --group 8d1e…-… --out-dir /var/lib/libvirt/images/vm1-restored \\
                  --define vm1-restored --connect qemu:///system`)
     .action(async (flags: RestoreFlags, command: Command) => {
+      if (flags.provider !== undefined) {
+        if (flags.repo !== undefined || flags.group !== undefined || flags.vm !== undefined || flags.at !== undefined) {
+          throw new FleeceError('USAGE', '--provider goes with --backup ID --out FILE [--disk NAME] [--format]: not with --repo, --group, --vm or --at');
+        }
+        if (flags.backup === undefined || flags.out === undefined) throw new FleeceError('USAGE', '--provider needs --backup ID and --out FILE');
+        await restoreThroughProvider(context(), {
+          provider: flags.provider, backupId: flags.backup, out: resolve(flags.out), format: flags.format,
+          ...(flags.disk !== undefined ? { disk: flags.disk } : {}), ...(flags.force ? { overwrite: true } : {}),
+        });
+        return;
+      }
+      if ((flags.repo as string | undefined) === undefined) throw new FleeceError('USAGE', "required option '--repo <dir>' not specified (or --provider <name>)");
       if (flags.group !== undefined) {
         await restoreGroupCommand(context(), flags, command.getOptionValueSource('format') === 'default' ? undefined : flags.format);
         return;
@@ -171,7 +189,7 @@ Examples:
       let started = false;
       try {
         const result = await restoreToFile(
-          { repo: resolve(flags.repo), selector: selectorOf(flags), out: resolve(out), format: flags.format, ...(flags.force ? { overwrite: true } : {}) },
+          { repo: repoLocation(flags.repo), selector: selectorOf(flags), out: resolve(out), format: flags.format, ...(flags.force ? { overwrite: true } : {}) },
           {
             signal: ctx.signal,
             onProgress: (done, total) => {
@@ -193,11 +211,15 @@ Examples:
   addSelector(program
     .command('verify')
     .description('check a backup and its chain: every object present, md5 per object (--deep: every sha256 block too)')
-    .requiredOption('--repo <dir>', 'the repository directory'))
+    .requiredOption('--repo <dir>', 'the repository directory, or s3://BUCKET[/PREFIX]'))
     .option('--deep', 'decompress and re-hash every block against the _sha256file')
-    .action(async (flags: SelectorFlags & { repo: string; deep?: boolean }) => {
+    .option('--sample <pct>', 'scrub: check a random PCT % of the objects of every backup (or of the named backup\'s chain), md5 and sha256, and list the backups each damaged object affects')
+    .option('--seed <n>', 'with --sample: the seed of the choice (a previous run prints it)')
+    .action(async (flags: SelectorFlags & { repo: string; deep?: boolean; sample?: string; seed?: string }) => {
       const ctx = context();
-      const { record, report } = await verifyBackup(resolve(flags.repo), selectorOf(flags), { ...(flags.deep ? { deep: true } : {}), signal: ctx.signal });
+      const named = flags.backup !== undefined || flags.vm !== undefined;
+      if (flags.sample !== undefined) return scrubCommand(ctx, { repo: flags.repo, sample: flags.sample, ...(flags.seed !== undefined ? { seed: flags.seed } : {}) }, named ? selectorOf(flags) : undefined);
+      const { record, report } = await verifyBackup(repoLocation(flags.repo), selectorOf(flags), { ...(flags.deep ? { deep: true } : {}), signal: ctx.signal });
       if (ctx.json) {
         ctx.printJson({ ...report, problems: report.problems.map((p) => ({ backupId: p.backupId, object: p.object, message: p.message })) });
       } else {
@@ -214,13 +236,13 @@ Examples:
   program
     .command('delete')
     .description('delete a backup (--cascade: and the incrementals built on it), or every disk backup of a group')
-    .requiredOption('--repo <dir>', 'the repository directory')
+    .requiredOption('--repo <dir>', 'the repository directory, or s3://BUCKET[/PREFIX]')
     .option('--backup <id>', 'the backup to delete')
     .option('--group <id>', 'delete every disk backup of this VM backup group')
     .option('--cascade', 'also delete the backups that depend on it')
     .action(async (flags: { repo: string; backup?: string; group?: string; cascade?: boolean }) => {
       const ctx = context();
-      const report = await deleteBackups(resolve(flags.repo), {
+      const report = await deleteBackups(repoLocation(flags.repo), {
         ...(flags.backup !== undefined ? { backupId: flags.backup } : {}),
         ...(flags.group !== undefined ? { groupId: flags.group } : {}),
         ...(flags.cascade ? { cascade: true } : {}),
@@ -233,7 +255,7 @@ Examples:
   program
     .command('gc')
     .description('remove objects that no backup references (left by interrupted backups), older than a grace period')
-    .requiredOption('--repo <dir>', 'the repository directory')
+    .requiredOption('--repo <dir>', 'the repository directory, or s3://BUCKET[/PREFIX]')
     .option('--dry-run', 'only report what would be removed')
     .option('--grace <seconds>', 'only remove objects older than this (default 86400: a running backup has no _metadata yet)')
     .action(async (flags: { repo: string; dryRun?: boolean; grace?: string }) => {
@@ -244,7 +266,7 @@ Examples:
         if (!Number.isFinite(seconds) || seconds < 0) throw new FleeceError('USAGE', `--grace '${flags.grace}' is not a number of seconds`, { hint: 'e.g. --grace 3600' });
         gracePeriodMs = seconds * 1000;
       }
-      const report = await collectRepositoryGarbage(resolve(flags.repo), {
+      const report = await collectRepositoryGarbage(repoLocation(flags.repo), {
         ...(flags.dryRun ? { dryRun: true } : {}), ...(gracePeriodMs !== undefined ? { gracePeriodMs } : {}), signal: ctx.signal,
       });
       if (ctx.json) ctx.printJson(report);

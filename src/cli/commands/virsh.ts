@@ -1,8 +1,10 @@
 // virsh's backup and checkpoint verbs (libvirt 9.0 names, arguments and output), through fleeced or directly.
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { nbdTlsFromSettings } from '../../app/nbd-tls-settings.js';
 import type { JobInfo } from '../../app/jobs/job-info.js';
 import { parseCheckpointXml } from '../../app/vocabulary.js';
-import { FleeceError, NotFoundError } from '../../util/errors.js';
+import { FleeceError, InvalidInputError, NotFoundError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import type { DaemonClient } from '../daemon-client.js';
 import { formatCheckpointList, formatDomJobInfo, checkCheckpointListOptions, type CheckpointListOptions } from '../virsh-format.js';
@@ -49,20 +51,43 @@ function describeExports(job: JobInfo): string[] {
   return job.disks.filter((d) => d.export).map((d) => `disk ${d.disk}: ${d.export!.uri} (context ${d.export!.context})`);
 }
 
+/** `--tls-dir DIR` / `--tls-psk FILE` of backup-begin: the NBD TLS credentials of a tcp `<server>`. */
+interface TlsFlags {
+  tlsDir?: string;
+  tlsPsk?: string;
+}
+
 async function backupBegin(
   ctx: CliContext,
   t: VirshTarget,
   files: { backup?: string; checkpoint?: string },
   reuseExternal: boolean,
+  tlsFlags: TlsFlags = {},
 ): Promise<void> {
   // Bad input fails here, before any daemon is started or QEMU touched.
   const backupXml = files.backup !== undefined ? await readXmlFile(files.backup, 'backup') : undefined;
   const checkpointXml = files.checkpoint !== undefined ? await readXmlFile(files.checkpoint, 'checkpoint') : undefined;
+  const tls = nbdTlsFromSettings(
+    {
+      ...(tlsFlags.tlsDir !== undefined ? { dir: resolve(tlsFlags.tlsDir) } : {}),
+      ...(tlsFlags.tlsPsk !== undefined ? { psk: resolve(tlsFlags.tlsPsk) } : {}),
+    },
+    '--tls-dir/--tls-psk',
+  );
   let client = await daemonForTarget(ctx, t);
+  if (client && tls) {
+    throw new InvalidInputError(`--tls-dir/--tls-psk: a fleeced already serves VM '${t.vm}' (${ctx.daemonSocket}) with its own TLS settings`, {
+      hint: `register the VM with them (fleece vm add ${t.vm} … --tls-dir DIR), or set nbdTlsDir/nbdTlsPsk in that daemon's fleeced.conf`,
+    });
+  }
   let own: PrivateDaemon | undefined;
   if (!client) {
     const entry = await resolveTarget(ctx, t);
-    own = await startPrivateDaemon(ctx, entry);
+    // The private daemon's registry copy carries the flags as this VM's own TLS credentials.
+    const withTls = tls
+      ? { ...entry, ...(tls.type === 'x509' ? { tlsDir: tls.dir, tlsPsk: undefined } : { tlsPsk: tls.file, tlsDir: undefined }) }
+      : entry;
+    own = await startPrivateDaemon(ctx, withTls);
     client = own.client;
     ctx.info(
       `fleece: started a private fleeced (pid ${own.pid}, socket ${ctx.daemonSocket}) for this job; ` +
@@ -155,13 +180,16 @@ export function registerVirshCommands(program: Command, context: () => CliContex
     .argument('[backupxml]', '<domainbackup> XML file (default: full pull backup of every disk)')
     .argument('[checkpointxml]', '<domaincheckpoint> XML file: create this checkpoint with the backup')
     .option('--reuse-external', 'use the existing target and scratch files the XML names')
+    .option('--tls-dir <dir>', 'NBD over TLS for a tcp <server>: x509 directory (ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem)')
+    .option('--tls-psk <file>', 'NBD over TLS for a tcp <server>: a keys.psk file (psktool)')
     .option('--qmp <path>', qmpHelp)
-    .action(async (vm: string, backupFile: string | undefined, checkpointFile: string | undefined, options: QmpOption & { reuseExternal?: boolean }) => {
+    .action(async (vm: string, backupFile: string | undefined, checkpointFile: string | undefined, options: QmpOption & TlsFlags & { reuseExternal?: boolean }) => {
       await backupBegin(
         context(),
         target(vm, options),
         { ...(backupFile !== undefined ? { backup: backupFile } : {}), ...(checkpointFile !== undefined ? { checkpoint: checkpointFile } : {}) },
         options.reuseExternal ?? false,
+        { ...(options.tlsDir !== undefined ? { tlsDir: options.tlsDir } : {}), ...(options.tlsPsk !== undefined ? { tlsPsk: options.tlsPsk } : {}) },
       );
     });
 

@@ -1,6 +1,7 @@
 // `fleece vm add | list | remove`: the VM registry (a libvirt domain and its URI, or a bare QEMU's QMP socket).
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { nbdTlsFromSettings } from '../../app/nbd-tls-settings.js';
 import { VmRegistry } from '../../app/vm-registry.js';
 import type { CliContext } from '../context.js';
 
@@ -12,17 +13,24 @@ export function registerVmCommands(program: Command, context: () => CliContext):
     .option('-c, --connect <uri>', 'the libvirt URI the domain lives on (qemu:///system)')
     .option('--qmp <socket>', 'a bare QEMU: its QMP unix socket')
     .option('--guest-agent <socket>', 'a bare QEMU: its guest agent unix socket (for --quiesce)')
+    .option('--tls-dir <dir>', "NBD over TLS for this VM's TCP exports: x509 directory (ca-cert.pem, server-*.pem, client-*.pem)")
+    .option('--tls-psk <file>', "NBD over TLS for this VM's TCP exports: a keys.psk file")
     .addHelpText('after', `
 Examples:
   fleece vm add web1 --connect qemu:///system
-  fleece vm add lab --qmp /run/lab/qmp.sock --guest-agent /run/lab/qga.sock`)
-    .action(async (name: string, flags: { qmp?: string; connect?: string; guestAgent?: string }) => {
+  fleece vm add lab --qmp /run/lab/qmp.sock --guest-agent /run/lab/qga.sock --tls-dir /etc/fleece/tls`)
+    .action(async (name: string, flags: { qmp?: string; connect?: string; guestAgent?: string; tlsDir?: string; tlsPsk?: string }) => {
       const ctx = context();
+      const tlsDir = flags.tlsDir !== undefined ? resolve(flags.tlsDir) : undefined;
+      const tlsPsk = flags.tlsPsk !== undefined ? resolve(flags.tlsPsk) : undefined;
+      nbdTlsFromSettings({ ...(tlsDir ? { dir: tlsDir } : {}), ...(tlsPsk ? { psk: tlsPsk } : {}) }, '--tls-dir/--tls-psk');
       await new VmRegistry(ctx.configDir).add({
         name,
         ...(flags.qmp ? { qmp: resolve(flags.qmp) } : {}),
         ...(flags.connect ? { connect: flags.connect } : {}),
         ...(flags.guestAgent ? { guestAgent: resolve(flags.guestAgent) } : {}),
+        ...(tlsDir ? { tlsDir } : {}),
+        ...(tlsPsk ? { tlsPsk } : {}),
       });
       ctx.info(`VM '${name}' registered in ${ctx.configDir}`);
     });

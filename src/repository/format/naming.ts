@@ -63,3 +63,67 @@ export function pythonDatetimeString(date: Date): string {
   const ms = date.getUTCMilliseconds();
   return ms === 0 ? base : `${base}.${String(ms * 1000).padStart(6, '0')}`;
 }
+
+/**
+ * How a repository lays out its backups: `posix`, Cinder's posix driver (a container per backup,
+ * `<id[0:2]>/<id[2:4]>/<id>`, prefix `volume_<volume>_<timestamp>_backup_<id>`), or `s3`, Cinder's S3 driver
+ * (container `volume_<volume>/<timestamp>`, prefix `volume_<volume>/<timestamp>/az_<az>_backup_<id>`: object names are
+ * keys relative to the repository root, '/' included, as that driver's _metadata lists them).
+ */
+export type RepositoryLayout = 'posix' | 's3';
+
+/** Cinder's default storage_availability_zone, in the S3 driver's object names. */
+export const DEFAULT_AVAILABILITY_ZONE = 'nova';
+
+/** Throws InvalidInputError unless `az` is safe inside an object name. */
+export function checkAvailabilityZone(az: string): void {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(az)) {
+    throw new InvalidInputError(`availability zone "${az}" is not valid`, { hint: 'use letters, digits, ".", "_" and "-"' });
+  }
+}
+
+/** The container and object prefix of one backup in `layout`. Throws InvalidInputError for unsafe ids. */
+export function backupLocation(layout: RepositoryLayout, volumeId: string, date: Date, backupId: string, az = DEFAULT_AVAILABILITY_ZONE): { container: string; prefix: string } {
+  if (layout === 'posix') return { container: containerFor(backupId), prefix: objectPrefix(volumeId, date, backupId) };
+  checkVolumeId(volumeId);
+  checkBackupId(backupId);
+  checkAvailabilityZone(az);
+  const container = `volume_${volumeId}/${objectTimestamp(date)}`;
+  return { container, prefix: `${container}/az_${az}_backup_${backupId}` };
+}
+
+/** A container of the s3 layout (`volume_<volume id>/<14 digits>`). */
+export function isS3LayoutContainer(container: string): boolean {
+  return /^volume_[A-Za-z0-9][A-Za-z0-9._-]*\/\d{14}$/.test(container);
+}
+
+const LEASE_PREFIX = 'fleece_lease_';
+
+/** How long gc takes a lease that was not refreshed for alive: 15 minutes (writers refresh it every minute). */
+export const DEFAULT_LEASE_TTL_MS = 15 * 60_000;
+
+/**
+ * The lease object of a backup being written (s3 layout): `<container>/fleece_lease_<backup id>`, outside the
+ * backup's prefix so that Cinder's restore check (the container's objects with the prefix = the manifest's) never
+ * sees it.
+ */
+export function leaseName(container: string, backupId: string): string {
+  checkBackupId(backupId);
+  return `${container}/${LEASE_PREFIX}${backupId}`;
+}
+
+/** The backup id of a lease object's name, or undefined when the name is not a lease. */
+export function leaseBackupId(name: string): string | undefined {
+  const base = name.slice(name.lastIndexOf('/') + 1);
+  if (!base.startsWith(LEASE_PREFIX)) return undefined;
+  const id = base.slice(LEASE_PREFIX.length);
+  return ID_PATTERN.test(id) ? id : undefined;
+}
+
+/** Whether `name` (a base name or a key) is an object of the backup `backupId`: `…_backup_<id>-NNNNN`, `_metadata`, `_sha256file`. */
+export function belongsToBackup(name: string, backupId: string): boolean {
+  const at = name.lastIndexOf(`_backup_${backupId}`);
+  if (at < 0) return false;
+  const rest = name.slice(at + `_backup_${backupId}`.length);
+  return /^-\d{5,}$/.test(rest) || rest === '_metadata' || rest === '_sha256file';
+}

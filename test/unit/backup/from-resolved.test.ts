@@ -31,7 +31,7 @@ describe('from resolved definitions', () => {
     expect(() => pushDisksFromResolved(push, vm.slice(1))).toThrow(NotFoundError);
   });
 
-  test('pull: server, scratch, export names; TLS and raw scratch refused', () => {
+  test('pull: server, scratch, export names; TLS only with credentials; raw scratch refused', () => {
     const pull: ResolvedBackup = {
       mode: 'pull',
       server: { transport: 'tcp', name: 'localhost', port: 10809, tls: false },
@@ -45,7 +45,11 @@ describe('from resolved definitions', () => {
     expect(disks[0]).toMatchObject({ scratch: { path: '/s/vda', create: false }, exportName: 'a' });
     expect(disks[0].exportBitmap).toBeUndefined();
     expect(disks[1]).toMatchObject({ incrementalFrom: 'cp2', exportBitmap: 'bm', scratch: { create: true } });
-    expect(() => pullRequestFromResolved({ ...pull, server: { transport: 'tcp', name: 'h', port: 1, tls: true } }, vm)).toThrow(/TLS/);
+    expect(() => pullRequestFromResolved({ ...pull, server: { transport: 'tcp', name: 'h', port: 1, tls: true } }, vm)).toThrow(/TLS.*needs TLS credentials/);
+    // tls='yes' with credentials: the request carries them; tls='no' leaves them out even when configured.
+    const creds = { type: 'x509' as const, dir: '/etc/fleece/tls' };
+    expect(pullRequestFromResolved({ ...pull, server: { transport: 'tcp', name: 'h', port: 1, tls: true } }, vm, creds).tls).toEqual(creds);
+    expect(pullRequestFromResolved(pull, vm, creds).tls).toBeUndefined();
     const raw = { ...pull, disks: [{ ...pull.disks[1], storage: { type: 'file' as const, path: '/s', format: 'raw' as const, existing: false } }] };
     expect(() => pullRequestFromResolved(raw as ResolvedBackup, vm)).toThrow(/must be qcow2/);
   });

@@ -177,4 +177,31 @@ describe('planBackup details', () => {
       addr: { type: 'inet', data: { host: '127.0.0.1', port: '10809' } },
     });
   });
+
+  test('pull over TLS: the credentials object is added just before the server, which names it', () => {
+    const base = {
+      mode: 'pull' as const,
+      naming,
+      checkpointActions: [],
+      nbdServer: { type: 'tcp' as const, host: '127.0.0.1', port: 10809 },
+      disks: [{ disk, pull: { scratchPath: '/s/vda', create: true, exportName: 'vda' } }],
+    };
+    const x509 = planBackup({ ...base, nbdTls: { type: 'x509', dir: '/etc/fleece/tls', verifyPeer: true } });
+    expect(x509.provision.map((s) => s.kind).slice(-2)).toEqual(['add-tls-object', 'start-nbd-server']);
+    const commands = planCommands(x509);
+    expect(commands.find((c) => c.execute === 'object-add')?.arguments).toEqual({
+      'qom-type': 'tls-creds-x509', id: 'fl-t1-tls', dir: '/etc/fleece/tls', endpoint: 'server', 'verify-peer': true,
+    });
+    expect(commands.find((c) => c.execute === 'nbd-server-start')?.arguments).toEqual({
+      addr: { type: 'inet', data: { host: '127.0.0.1', port: '10809' } },
+      'tls-creds': 'fl-t1-tls',
+    });
+    const psk = planBackup({ ...base, nbdTls: { type: 'psk', dir: '/etc/fleece/psk' } });
+    expect(planCommands(psk).find((c) => c.execute === 'object-add')?.arguments).toEqual({
+      'qom-type': 'tls-creds-psk', id: 'fl-t1-tls', dir: '/etc/fleece/psk', endpoint: 'server',
+    });
+    expect(() => planBackup({ ...base, mode: 'push', disks: [{ disk, push: { path: '/x', format: 'qcow2', create: true } }], nbdTls: { type: 'psk', dir: '/p' } })).toThrow(
+      /push backup/,
+    );
+  });
 });

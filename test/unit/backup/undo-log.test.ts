@@ -1,4 +1,4 @@
-import { UndoLog, type UndoEffects } from '../../../src/backup/undo-log.js';
+import { UndoLog, describeUndoEntry, type UndoEffects } from '../../../src/backup/undo-log.js';
 
 function recorder(failOn: string[] = []): { effects: UndoEffects; calls: string[] } {
   const calls: string[] = [];
@@ -13,6 +13,7 @@ function recorder(failOn: string[] = []): { effects: UndoEffects; calls: string[
     endJob: (id) => act(`end-job ${id}`)(),
     stopNbdServer: () => act('nbd-server-stop')(),
     deleteExport: (id) => act(`export-del ${id}`)(),
+    deleteObject: (id) => act(`object-del ${id}`)(),
   };
   return { effects, calls };
 }
@@ -23,6 +24,7 @@ function pullLog(): UndoLog {
   log.record({ kind: 'node-added', disk: 'vda', nodeName: 'sf', policy: 'always' });
   log.record({ kind: 'image-created', disk: 'vda', path: '/s/vda.qcow2', policy: 'always' });
   log.record({ kind: 'node-added', disk: 'vda', nodeName: 's', policy: 'always' });
+  log.record({ kind: 'object-added', id: 'tls0', what: 'TLS credentials', policy: 'always' });
   log.record({ kind: 'nbd-server-started', policy: 'always' });
   log.record({ kind: 'bitmap-added', disk: 'vda', node: 'disk0', name: 'cp2', policy: 'on-failure' });
   log.record({ kind: 'bitmap-added', disk: 'vda', node: 's', name: 'backup-vda', policy: 'always' });
@@ -42,6 +44,7 @@ describe('UndoLog', () => {
       'bitmap-remove s backup-vda',
       'bitmap-remove disk0 cp2',
       'nbd-server-stop',
+      'object-del tls0',
       'blockdev-del s',
       'blockdev-del sf',
       'unlink /s/vda.qcow2',
@@ -62,9 +65,16 @@ describe('UndoLog', () => {
   test('a failing step does not stop the others and the first error is kept', async () => {
     const { effects, calls } = recorder(['end-job j', 'blockdev-del s']);
     const outcome = await pullLog().rollback(effects);
-    expect(calls).toHaveLength(8);
+    expect(calls).toHaveLength(9);
     expect(outcome.failures.map((f) => f.entry.kind)).toEqual(['job-started', 'node-added']);
     expect((outcome.firstError as Error).message).toBe('end-job j failed');
+  });
+
+  test('every entry is described for logs: the TLS object by what it is and its id', () => {
+    expect(pullLog().pending().map(describeUndoEntry)).toEqual([
+      'file /s/vda.qcow2', 'block node sf', 'image /s/vda.qcow2', 'block node s', 'TLS credentials tls0', 'NBD server',
+      'bitmap cp2 on node disk0', 'bitmap backup-vda on node s', 'block job j', 'NBD export e',
+    ]);
   });
 
   test('forget drops entries already undone, and a second teardown does nothing', async () => {

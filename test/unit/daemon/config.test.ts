@@ -21,10 +21,30 @@ describe('resolveDaemonConfig', () => {
 
   test('TCP needs a token file; bad values name the option', () => {
     expect(() => resolveDaemonConfig({}, { tcp: '127.0.0.1:7777' }, {})).toThrow(/token file/);
-    expect(resolveDaemonConfig({}, { tcp: '[::1]:7777', tokenFile: '/t' }, {}).tcp).toEqual({ host: '::1', port: 7777 });
+    expect(resolveDaemonConfig({}, { tcp: '[::1]:7777', tokenFile: '/t', allowPlainLoopback: true }, {}).tcp).toEqual({ host: '::1', port: 7777 });
     expect(() => resolveDaemonConfig({}, { tcp: 'localhost', tokenFile: '/t' }, {})).toThrow(/tcp 'localhost' is not host:port/);
     expect(() => resolveDaemonConfig({}, { maxParallelJobs: 0 }, {})).toThrow(/maxParallelJobs/);
     expect(() => resolveDaemonConfig({}, { logLevel: 'loud' }, {})).toThrow(/logLevel 'loud'/);
+  });
+
+  test('TCP is HTTPS (certificate and key together); plain HTTP only when allowed, and only on loopback', () => {
+    const https = resolveDaemonConfig({}, { tcp: '0.0.0.0:7777', tokenFile: '/t', tlsCert: '/c.pem', tlsKey: '/k.pem' }, {});
+    expect(https).toMatchObject({ tcp: { host: '0.0.0.0', port: 7777 }, https: { certFile: '/c.pem', keyFile: '/k.pem' } });
+    expect(https.allowPlainLoopback).toBeUndefined();
+    expect(() => resolveDaemonConfig({}, { tcp: '127.0.0.1:7777', tokenFile: '/t' }, {})).toThrow(/needs HTTPS.*--tls-cert/);
+    expect(() => resolveDaemonConfig({}, { tcp: '127.0.0.1:7777', tokenFile: '/t', tlsCert: '/c.pem' }, {})).toThrow(/tlsCert and tlsKey go together/);
+    expect(() => resolveDaemonConfig({}, { tcp: '192.168.1.5:7777', tokenFile: '/t', allowPlainLoopback: true }, {})).toThrow(/not a loopback address/);
+    for (const host of ['127.0.0.1', '127.1.2.3', '[::1]', 'localhost']) {
+      expect(resolveDaemonConfig({}, { tcp: `${host}:7777`, tokenFile: '/t', allowPlainLoopback: true }, {}).allowPlainLoopback).toBe(true);
+    }
+  });
+
+  test('NBD TLS credentials: a directory or a PSK file, absolute, not both', () => {
+    expect(resolveDaemonConfig({ nbdTlsDir: '/etc/fleece/tls', nbdTlsVerifyPeer: false }, {}, {}).nbdTls).toEqual({ type: 'x509', dir: '/etc/fleece/tls', verifyPeer: false });
+    expect(resolveDaemonConfig({}, { nbdTlsPsk: '/etc/fleece/psk/keys.psk' }, {}).nbdTls).toEqual({ type: 'psk', file: '/etc/fleece/psk/keys.psk' });
+    expect(() => resolveDaemonConfig({ nbdTlsDir: '/a' }, { nbdTlsPsk: '/b/keys.psk' }, {})).toThrow(/not both/);
+    expect(() => resolveDaemonConfig({ nbdTlsDir: 'tls' }, {}, {})).toThrow(/not an absolute path/);
+    expect(resolveDaemonConfig({}, {}, {}).nbdTls).toBeUndefined();
   });
 
   test('the file is JSON with known keys of the right type; an absent default file is empty', async () => {

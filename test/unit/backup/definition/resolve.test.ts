@@ -98,6 +98,14 @@ describe('resolveBackupDefinition', () => {
     expect(refusal(def)).toContain("<server transport='tcp' name='::1'>: port= is missing");
   });
 
+  it('gives tcp TLS by default when credentials are configured, unless tls=no says otherwise', () => {
+    const bare = parseBackupXml(`<domainbackup mode='pull'><server transport='tcp' name='127.0.0.1' port='10809'/><disks><disk name='vda'/></disks></domainbackup>`);
+    expect(resolveBackupDefinition(bare, context).server).toMatchObject({ tls: false });
+    expect(resolveBackupDefinition(bare, { ...context, tlsConfigured: true }).server).toMatchObject({ tls: true });
+    const no = parseBackupXml(`<domainbackup mode='pull'><server transport='tcp' name='127.0.0.1' port='10809' tls='no'/><disks><disk name='vda'/></disks></domainbackup>`);
+    expect(resolveBackupDefinition(no, { ...context, tlsConfigured: true }).server).toMatchObject({ tls: false });
+  });
+
   it('accepts an existing file only with reuseExternal, and requires block devices to exist', () => {
     const def = parseBackupXml(`<domainbackup><disks><disk name='vda'><target file='/backups/old.qcow2'/></disk></disks></domainbackup>`);
     expect(refusal(def)).toContain("<disk name='vda'> <target file='/backups/old.qcow2'>: the file already exists");

@@ -1,0 +1,156 @@
+// `fleece backup VM --provider NAME` and `fleece restore --provider NAME` as use cases for the CLI (and the daemon):
+// the registered provider, whatever an interrupted run left (the VM's journal and the providers' journals), a
+// private 0700 directory for this run's sockets and mounts, the VM's control plane, the provider consumer.
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { backupVmToProvider, type ProviderBackupHooks, type ProviderBackupSummary } from '../backup/consume/provider-consumer.js';
+import type { ProviderVerb } from '../backup/consume/provider-contract.js';
+import { ProviderJournal, reconcileProviderJournals, type ProviderReconcileReport } from '../backup/consume/provider-journal.js';
+import { restoreFromProvider, type ProviderRestoreSummary } from '../backup/consume/provider-restore.js';
+import { listToolRecords, readProviderState, type ProviderVmState, type ToolBackupRecord } from '../backup/consume/provider-state.js';
+import { BackupJournal } from '../backup/journal.js';
+import { InvalidInputError } from '../util/errors.js';
+import type { BackupRequest } from './backup-request.js';
+import { openControlPlane, type PlaneEnvironment } from './open-control-plane.js';
+import { describeReconcile, reconcileVm } from './reconcile.js';
+import { ProviderRegistry, endpointOf, type ProviderEntry } from './provider-registry.js';
+import type { VmEntry } from './vm-registry.js';
+
+export type { ProviderBackupSummary, ProviderRestoreSummary, ProviderEntry, ProviderVmState, ToolBackupRecord };
+export { ProviderRegistry, parseTimeouts } from './provider-registry.js';
+
+export interface ProviderEnvironment extends PlaneEnvironment {
+  configDir: string;
+  /** Each stderr line of the provider, as it comes. */
+  onProviderLine?: (line: string, verb: ProviderVerb) => void;
+}
+
+function describeProviderReconcile(r: ProviderReconcileReport): string {
+  const failed = r.failures.length > 0 ? `; could not undo: ${r.failures.join('; ')}` : '';
+  return `cleaned up after an interrupted provider run (${r.key}, fleece process ${r.owner.pid}): ${r.cleaned.join('; ') || 'nothing was left'}${failed}`;
+}
+
+async function reconcileProviders(env: ProviderEnvironment, registry: ProviderRegistry): Promise<string[]> {
+  const reports = await reconcileProviderJournals(env.stateDir, async (name) => {
+    const entry = await registry.get(name).catch(() => undefined);
+    return entry ? endpointOf(entry, { stateDir: env.stateDir }) : undefined;
+  });
+  return reports.map(describeProviderReconcile);
+}
+
+/** A private 0700 directory for one run under the run directory (a short name: sockets live there), journaled first. */
+async function privateDir(runDir: string, journal: ProviderJournal): Promise<{ dir: string; id: number }> {
+  await mkdir(runDir, { recursive: true, mode: 0o700 });
+  const dir = join(runDir, `p-${randomBytes(4).toString('hex')}`);
+  const id = await journal.record({ kind: 'path', path: dir });
+  await mkdir(dir, { mode: 0o700 });
+  return { dir, id };
+}
+
+/**
+ * Backs the VM up through the provider the request names. @throws what backupVmToProvider throws, NotFoundError
+ * (no such provider), ConflictError (another backup of the VM runs).
+ */
+export async function runProviderBackup(
+  entry: VmEntry,
+  request: BackupRequest,
+  env: ProviderEnvironment,
+  hooks: ProviderBackupHooks = {},
+): Promise<ProviderBackupSummary> {
+  if (request.provider === undefined) throw new InvalidInputError('the backup request names no provider');
+  if (request.level === 'incremental') {
+    throw new InvalidInputError('--incremental does not apply to a provider backup: the provider chooses per volume (query-incremental)', { hint: 'leave it out, or give --full' });
+  }
+  const registry = new ProviderRegistry(env.configDir);
+  const provider = await registry.get(request.provider);
+  const endpoint = endpointOf(provider, { stateDir: env.stateDir, ...(env.onProviderLine ? { onStderr: env.onProviderLine } : {}) });
+  const reconciled: string[] = [];
+  const warn = (message: string) => {
+    reconciled.push(message);
+    hooks.onEvent?.({ type: 'warning', message });
+  };
+  const report = await reconcileVm(entry.name, { stateDir: env.stateDir, ...(env.qmp ? { qmp: env.qmp.qmp } : {}) });
+  if (report) warn(describeReconcile(report));
+  for (const line of await reconcileProviders(env, registry)) warn(line);
+
+  const journal = await BackupJournal.begin(env.stateDir, entry.name);
+  let providerJournal: ProviderJournal | undefined;
+  let workDir: string | undefined;
+  let dirId: number | undefined;
+  let plane;
+  try {
+    providerJournal = await ProviderJournal.begin(env.stateDir, `backup-${entry.name}`);
+    ({ dir: workDir, id: dirId } = await privateDir(env.runDir, providerJournal));
+    plane = await openControlPlane(entry, {
+      ...env, runDir: workDir, ...(request.scratchDir ? { scratchDir: request.scratchDir } : {}), ...(hooks.signal ? { signal: hooks.signal } : {}),
+    });
+    const summary = await backupVmToProvider({
+      plane,
+      endpoint,
+      stateDir: env.stateDir,
+      workDir,
+      journal,
+      providerJournal,
+      ...(request.level === 'full' ? { level: 'full' as const } : {}),
+      ...(request.disks ? { disks: request.disks } : {}),
+      ...(request.bandwidth ? { bandwidth: request.bandwidth } : {}),
+      ...(request.quiesce ? { quiesce: request.quiesce } : {}),
+      ...(request.checkpoint ? { checkpointName: request.checkpoint } : {}),
+    }, hooks);
+    return { ...summary, warnings: [...reconciled, ...summary.warnings] };
+  } finally {
+    await plane?.close();
+    if (workDir) await rm(workDir, { recursive: true, force: true }).catch(() => undefined);
+    if (dirId !== undefined) await providerJournal?.clear(dirId).catch(() => undefined);
+    await providerJournal?.end();
+    await journal.end();
+  }
+}
+
+export interface ProviderRestoreRequest {
+  provider: string;
+  backupId: string;
+  out: string;
+  format?: 'raw' | 'qcow2';
+  disk?: string;
+  overwrite?: boolean;
+}
+
+/** Restores one volume of a provider's backup into a new image. @throws what restoreFromProvider throws, NotFoundError. */
+export async function runProviderRestore(request: ProviderRestoreRequest, env: ProviderEnvironment & { signal?: AbortSignal }): Promise<{ summary: ProviderRestoreSummary; warnings: string[] }> {
+  const registry = new ProviderRegistry(env.configDir);
+  const provider = await registry.get(request.provider);
+  const endpoint = endpointOf(provider, { stateDir: env.stateDir, ...(env.onProviderLine ? { onStderr: env.onProviderLine } : {}) });
+  const warnings = await reconcileProviders(env, registry);
+  const providerJournal = await ProviderJournal.begin(env.stateDir, `restore-${randomBytes(4).toString('hex')}`);
+  let workDir: string | undefined;
+  let dirId: number | undefined;
+  try {
+    ({ dir: workDir, id: dirId } = await privateDir(env.runDir, providerJournal));
+    const summary = await restoreFromProvider({
+      endpoint,
+      backupId: request.backupId,
+      out: request.out,
+      format: request.format ?? 'raw',
+      workDir,
+      providerJournal,
+      ...(request.disk ? { volume: request.disk } : {}),
+      ...(request.overwrite ? { overwrite: true } : {}),
+      ...(env.signal ? { signal: env.signal } : {}),
+    });
+    return { summary, warnings };
+  } finally {
+    if (workDir) await rm(workDir, { recursive: true, force: true }).catch(() => undefined);
+    if (dirId !== undefined) await providerJournal.clear(dirId).catch(() => undefined);
+    await providerJournal.end();
+  }
+}
+
+/** What fleece knows of a provider: its last successful backup of `vm`, and a tool driver's records. */
+export async function providerStatus(configDir: string, stateDir: string, name: string, vm?: string): Promise<{ entry: ProviderEntry; state?: ProviderVmState; records: ToolBackupRecord[] }> {
+  const entry = await new ProviderRegistry(configDir).get(name);
+  const state = vm ? await readProviderState(stateDir, name, vm) : undefined;
+  const records = entry.kind === 'tool' ? await listToolRecords(stateDir, name) : [];
+  return { entry, ...(state ? { state } : {}), records };
+}
