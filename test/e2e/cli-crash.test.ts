@@ -76,7 +76,9 @@ describe('SIGKILL of fleece backup (bare QEMU)', () => {
   test('two backups of one VM started at once: one runs, the other says another backup job is running', async () => {
     const { dir } = fixture;
     await write('write -P 0x21 0 8M');
-    const [a, b] = await Promise.all([startCli(dir, [...args(), '--full']), startCli(dir, [...args(), '--full'])]);
+    // Both limited to 2 MB/s: the winner holds the VM for about 4 s, so the two always overlap.
+    const slow = [...args(), '--full', '--bandwidth', '2M'];
+    const [a, b] = await Promise.all([startCli(dir, slow), startCli(dir, slow)]);
     const codes = [a.exitCode, b.exitCode].sort();
     expect(codes).toEqual([0, 1]);
     const loser = a.exitCode === 0 ? b : a;
