@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm, unlink } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import {
   LibvirtError,
   VIR_ERR_CHECKPOINT_INCONSISTENT,
@@ -267,6 +268,9 @@ export class LibvirtControlPlane implements ControlPlane {
         if (!begun) return;
         try {
           await conn.abortJob(vm);
+          // libvirt ends a pull job when QEMU's job events arrive, after virDomainAbortJob returns: wait for it, so
+          // that nothing of the backup runs once fleece says it is done.
+          for (let i = 0; i < 600 && (await conn.jobStats(vm)).type !== 'none'; i++) await delay(50);
         } catch (error) {
           // The job is already gone (it failed on its own, or someone aborted it): nothing to end.
           if (!(error instanceof LibvirtError && error.libvirtCode === VIR_ERR_OPERATION_INVALID)) throw error;
