@@ -21,6 +21,12 @@ let md5Multi: string | null | undefined;
 function md5MultiPath(): string | null {
   if (md5Multi !== undefined) return md5Multi;
   md5Multi = null;
+  // Opt-in for now: a jest worker once died with SIGABRT while pools with the library loaded came and went (likely
+  // koffi in short-lived worker threads). Until that is understood the workers use node:crypto unless asked.
+  if (!process.env.FLEECE_MD5_MULTI) {
+    log.debug({ why: 'off unless FLEECE_MD5_MULTI=auto (or avx2, avx512vl)' }, 'multi-buffer md5 off: node:crypto');
+    return md5Multi;
+  }
   const path = ['../../../native/md5-multi/md5-multi.cjs', '../../../../native/md5-multi/md5-multi.cjs']
     .map((p) => fileURLToPath(new URL(p, import.meta.url))).find((p) => existsSync(p));
   let why = 'native/md5-multi/md5-multi.cjs not found';
