@@ -1,35 +1,59 @@
 #!/usr/bin/env node
-// `npm run bench`: fleece backup (full none / full zstd / incremental) and restore on a multi-GiB guest disk, against the
-// two limits of this machine measured in the same run (nbdcopy reading a fleecing export, Cinder hashing on all cores).
-// Prints the figures and writes them to BENCHMARKS.md. Env: FLEECE_BENCH_SIZE (default 4G), FLEECE_BENCH_DIR (parent of
-// the work dir), FLEECE_BENCH_KEEP=1 (keep it), FLEECE_BENCH_LIMITS_ONLY=1 (measure the two limits only, write nothing).
-import { spawnSync, execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, statSync, writeFileSync, readdirSync } from 'node:fs';
+// `npm run bench`: fleece against the tool users would pick instead, virtnbdbackup, side by side in one run on the same
+// disk contents, with nbdcopy + sync of libvirt's own pull export as the floor. A private libvirtd (the test harness's)
+// runs a paused TCG domain whose qcow2 disk (cache='none') holds ~70 % mixed data; a bare QEMU gets a byte-identical
+// copy for fleece's QMP path. Per round: the floor; virtnbdbackup full -z and full; fleece full none and zstd (libvirt,
+// then QMP); the guest writes 1 % of the disk; fleece's incrementals, virtnbdbackup's; each tool restores its plain
+// chain to qcow2 and raw, checked byte for byte. Prints a table (medians over the rounds, and the spread) and writes it
+// to BENCHMARKS.md; leaves nothing running on success, failure or Ctrl-C.
+// Env: FLEECE_BENCH_SIZE (default 4G), FLEECE_BENCH_ROUNDS (default 3; a round starts only if it should end within
+// FLEECE_BENCH_BUDGET minutes of the start, default 11: on a busy host fewer run), FLEECE_BENCH_DIR (parent of the work dir),
+// FLEECE_BENCH_KEEP=1 (keep the work dir), FLEECE_BENCH_DIST (the compiled tree to run, default ./dist, built when
+// stale), FLEECE_CLI (another build of the CLI only), FLEECE_BENCH_CPU_PROF=DIR (every fleece command under node
+// --cpu-prof into DIR), FLEECE_BENCH_VERIFY=all (check the restores byte for byte in every round, not only the first),
+// FLEECE_BENCH_NO_WRITE=1 (do not touch BENCHMARKS.md).
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { availableParallelism, cpus, loadavg, tmpdir, totalmem } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { availableParallelism, cpus, release, tmpdir, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import {
+  MiB, cpuModel, directWriteRate, endChildren, machineActivity, median, mustRun, run, startCpuAccount, startupTime, syncPaths,
+} from './bench-host.mjs';
+import { deleteCheckpoints, floorCopy, planWrites } from './bench-libvirt.mjs';
+import { endForkedQemuNbd, peerBackup, peerRestore, peerStatus } from './bench-peer.mjs';
+import { HEADERS, aims, markdownTable, metText, tableRows, timeCell } from './bench-report.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 process.chdir(root);
-const MiB = 1024 * 1024;
 const OBJECT_SIZE = 4 * MiB; // Cinder's chunk size: one md5 per object
 const SHA_BLOCK = 32 * 1024; // Cinder's sha256 block size
-const VM = 'bench';
-const LIMITS_ONLY = process.env.FLEECE_BENCH_LIMITS_ONLY === '1';
-/** The CLI benchmarked: FLEECE_CLI (another build) or this tree's. */
-const CLI = process.env.FLEECE_CLI ?? 'dist/src/cli/main.js';
-/** The work directory, removed on exit and on Ctrl-C (unless FLEECE_BENCH_KEEP=1). */
-let work;
+const DOMAIN = 'fleece-test-bench'; // the harness wants the fleece-test- prefix
+const QMP_VM = 'bench';
+/** The compiled tree the bench runs: FLEECE_BENCH_DIST (a build of its own, e.g. `npx tsc -p tsconfig.json --outDir DIR`
+ * with DIR/node_modules a symlink to ./node_modules, immune to others rebuilding dist/ meanwhile), else ./dist. */
+const DIST = resolve(process.env.FLEECE_BENCH_DIST ?? 'dist');
+const CLI = resolve(process.env.FLEECE_CLI ?? join(DIST, 'src/cli/main.js'));
+const ROUNDS = Math.max(1, Number(process.env.FLEECE_BENCH_ROUNDS ?? 3));
+const KEEP = process.env.FLEECE_BENCH_KEEP === '1';
+const BUDGET_MIN = Number(process.env.FLEECE_BENCH_BUDGET ?? 11);
+const VERIFY_ALL = process.env.FLEECE_BENCH_VERIFY === 'all';
+const PROF_DIR = process.env.FLEECE_BENCH_CPU_PROF ? resolve(process.env.FLEECE_BENCH_CPU_PROF) : undefined;
 
 const log = (text) => process.stdout.write(`${text}\n`);
+const fmtMiB = (b) => `${(b / MiB).toFixed(0)} MiB`;
+const fmtRate = (bytes, seconds) => `${(bytes / MiB / seconds).toFixed(0)} MiB/s`;
+const s2 = (s) => `${s.toFixed(2)} s`;
 
-/** True when a compiled file is missing or older than a TypeScript source. */
+// ---- the build ---------------------------------------------------------------------------------------------------
+
+/** True when a compiled file the bench imports is missing or older than a TypeScript source. */
 function distIsStale() {
-  const stamp = 'dist/scripts/demo/run-fleece.js';
-  if (!existsSync(stamp) || (!LIMITS_ONLY && !existsSync(CLI))) return true;
-  const built = statSync(stamp).mtimeMs;
+  const stamps = ['dist/scripts/demo/mixed-disk.js', 'dist/test/harness/libvirt.js'];
+  if (stamps.some((s) => !existsSync(s)) || !existsSync(CLI)) return true;
+  const built = Math.min(...stamps.map((s) => statSync(s).mtimeMs));
   const newer = (dir) => readdirSync(dir, { withFileTypes: true }).some((e) => {
     const path = join(dir, e.name);
     if (e.isDirectory()) return e.name !== 'node_modules' && newer(path);
@@ -38,86 +62,55 @@ function distIsStale() {
   return ['src', 'native', 'scripts', 'test'].some((d) => existsSync(d) && newer(d));
 }
 
-if (distIsStale()) {
-  log('dist/ is missing or older than the sources: npm run build');
-  const built = spawnSync('npm', ['run', '--silent', 'build'], { stdio: 'inherit' });
+if (process.env.FLEECE_BENCH_DIST === undefined && distIsStale()) {
+  log('dist/ is missing or older than the sources: npx tsc -p tsconfig.json');
+  const built = spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { stdio: 'inherit' });
   if (built.status !== 0) {
-    if ((!LIMITS_ONLY && !existsSync(CLI)) || !existsSync('dist/scripts/demo/run-fleece.js')) {
-      console.error('the build failed and dist/ lacks the CLI or the demo helpers: fix the errors above');
+    if (!existsSync(CLI) || !existsSync('dist/scripts/demo/mixed-disk.js') || !existsSync('dist/test/harness/libvirt.js')) {
+      console.error('the build failed and dist/ lacks the CLI, the demo helpers or the libvirt harness: fix the errors above');
       process.exit(1);
     }
     log('warning: the typecheck reported errors (above); benchmarking the JavaScript it emitted');
   }
 }
 
-const { createMixedDisk, parseSize } = await import('../dist/scripts/demo/mixed-disk.js');
-const { planGuestActivity, writeRandomPatternFile, coveredBytes } = await import('../dist/scripts/demo/guest-activity.js');
-const { rawCopy, sha256File } = await import('../dist/scripts/demo/reference.js');
-const { runFleece, assertSucceeded, describeRun } = await import('../dist/scripts/demo/run-fleece.js');
-const { formatBytes, formatTable } = await import('../dist/scripts/demo/table.js');
-const { startQemuSystem } = await import('../dist/test/harness/qemu.js');
-const { queryDisks } = await import('../dist/src/qemu/block-graph.js');
-const { startPullBackup } = await import('../dist/src/backup/pull-backup.js');
-const { BackupRegistry } = await import('../dist/src/backup/backup-registry.js');
+const fromDist = (path) => import(pathToFileURL(join(DIST, path)).href);
+const { createMixedDisk, parseSize, seededRandom } = await fromDist('scripts/demo/mixed-disk.js');
+const { writeRandomPatternFile } = await fromDist('scripts/demo/guest-activity.js');
+const { rawCopy, sha256File } = await fromDist('scripts/demo/reference.js');
+const { formatBytes, formatTable } = await fromDist('scripts/demo/table.js');
+const { startQemuSystem } = await fromDist('test/harness/qemu.js');
+const { dedicatedLibvirt, defineTestDomain, libvirtAvailability } = await fromDist('test/harness/libvirt.js');
 
-const rate = (bytes, seconds) => bytes / MiB / seconds;
-const fmtRate = (r) => `${r.toFixed(0)} MiB/s`;
-const fmtMiB = (b) => `${(b / MiB).toFixed(0)} MiB`;
+// ---- what must be ended on success, failure and Ctrl-C -------------------------------------------------------------
 
-/** CPU ticks per process (utime + stime) and the machine's busy/total ticks, from /proc. */
-function cpuSnapshot() {
-  const procs = new Map();
-  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      procs.set(pid, { comm, ticks: Number(fields[11]) + Number(fields[12]) });
-    } catch { /* gone */ }
-  }
-  const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0].split(/\s+/).slice(1).map(Number);
-  const idle = cpu[3] + cpu[4];
-  const self = readFileSync('/proc/self/stat', 'utf8');
-  const f = self.slice(self.lastIndexOf(')') + 2).split(' ').map(Number);
-  // This process and every child it waited for (fleece, nbdcopy, qemu-img, QEMU once stopped).
-  const ours = f[11] + f[12] + f[13] + f[14];
-  return { procs, total: cpu.reduce((a, b) => a + b, 0), idle, ours };
+const held = { work: undefined, qemu: undefined, libvirt: undefined };
+let cleaning;
+
+/** Ends the children, any qemu-nbd virtnbdrestore forked, the bare QEMU, the domain and libvirtd; removes the work dir. Once. */
+function cleanup() {
+  cleaning ??= (async () => {
+    const warn = (what) => (error) => console.error(`cleanup: ${what}: ${error?.message ?? error}`);
+    await endChildren();
+    if (held.work) await endForkedQemuNbd(held.work).catch(warn('qemu-nbd'));
+    await held.qemu?.stop().catch(warn('the bare QEMU'));
+    const h = await held.libvirt?.catch(() => undefined);
+    await h?.stop().catch(warn('the private libvirtd')); // destroys and undefines the domain, stops libvirtd, removes its dir
+    if (held.work && !KEEP) await rm(held.work, { recursive: true, force: true }).catch(warn('the work directory'));
+    else if (held.work) log(`kept ${held.work}`);
+  })();
+  return cleaning;
 }
 
-/** CPU that other processes used between two snapshots, in % of one core (ours: this process and its waited children). */
-function othersCpu(a, b) {
-  const ticks = b.total - a.total;
-  if (ticks <= 0) return 0;
-  const busy = ticks - (b.idle - a.idle);
-  return Math.max(0, 100 * (busy - (b.ours - a.ours)) / (ticks / cpus().length));
+for (const name of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(name, () => {
+    if (cleaning) return;
+    log(`\n${name}: stopping the children, the domain and libvirtd, removing the work directory`);
+    cleanup().finally(() => process.exit(130));
+  });
 }
 
-/** What else this machine is doing, measured over one second: busy %, load average, the busiest other processes. */
-async function machineActivity() {
-  const a = cpuSnapshot();
-  await new Promise((resolve) => setTimeout(resolve, 1000));
-  const b = cpuSnapshot();
-  const ticks = b.total - a.total;
-  const busyPercent = ticks > 0 ? 100 * (1 - (b.idle - a.idle) / ticks) * cpus().length : 0;
-  const perCore = ticks / cpus().length;
-  const busy = [...b.procs].map(([pid, p]) => ({ pid, comm: p.comm, pct: 100 * (p.ticks - (a.procs.get(pid)?.ticks ?? p.ticks)) / perCore }))
-    .filter((p) => p.pct >= 5 && Number(p.pid) !== process.pid).sort((x, y) => y.pct - x.pct).slice(0, 5)
-    .map((p) => `${p.comm} ${p.pct.toFixed(0)} %`);
-  return { load: loadavg().map((l) => l.toFixed(2)).join(' '), cpuBusy: `${busyPercent.toFixed(0)} % of one core`, busy };
-}
-
-/** nbdcopy of the export to a file (and to null:), best of `runs`. */
-function nbdcopy(uri, destination, runs) {
-  const times = [];
-  for (let i = 0; i < runs; i++) {
-    if (destination !== 'null:') execFileSync('truncate', ['-s', '0', destination]);
-    const t0 = performance.now();
-    const r = spawnSync('nbdcopy', [uri, destination], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`nbdcopy ${uri} ${destination} failed: ${r.stderr}`);
-    times.push((performance.now() - t0) / 1000);
-  }
-  return Math.min(...times);
-}
+// ---- measurements ------------------------------------------------------------------------------------------------
 
 /** Aggregate hashing rate on all cores: sha256 per 32 KiB + md5 per 4 MiB over the allocated data of `file`. */
 async function hashLimit(file, regions, threads) {
@@ -127,58 +120,270 @@ async function hashLimit(file, regions, threads) {
     for (let at = 0; at < r.length; at += OBJECT_SIZE) pieces.push([r.offset + at, Math.min(OBJECT_SIZE, r.length - at)]);
   }
   const shares = Array.from({ length: threads }, (_, i) => pieces.filter((_, j) => j % threads === i));
-  const results = await Promise.all(shares.map((share) => new Promise((resolve, reject) => {
+  const results = await Promise.all(shares.map((share) => new Promise((done, fail) => {
     const worker = new Worker(new URL('./bench/hash-worker.mjs', import.meta.url), {
       workerData: { file, pieces: share, objectSize: OBJECT_SIZE, shaBlockSize: SHA_BLOCK },
     });
-    worker.once('message', resolve);
-    worker.once('error', reject);
+    worker.once('message', done);
+    worker.once('error', fail);
   })));
-  const bytes = results.reduce((s, r) => s + r.bytes, 0);
-  return { bytes, mibps: results.reduce((s, r) => s + rate(r.bytes, r.hashSeconds), 0) };
+  return results.reduce((sum, r) => sum + r.bytes / MiB / r.hashSeconds, 0);
 }
 
-async function backup(work, qmpPath, repo, extra) {
-  const args = ['backup', VM, '--qmp', qmpPath, '--repo', repo, '--state-dir', join(work, 'state'), '--json', ...extra];
-  log(`  $ ${describeRun(args)}`);
-  const run = await runFleece(args, { output: 'capture-stdout', timeV: true, env: { ...process.env, FLEECE_RUN_DIR: join(work, 'run') } });
-  assertSucceeded(run);
-  const report = JSON.parse(run.stdout);
-  const bytesRead = report.bytesRead ?? report.disks?.reduce((s, d) => s + d.bytesRead, 0) ?? 0;
-  const bytesStored = report.bytesStored ?? report.disks?.reduce((s, d) => s + d.bytesStored, 0) ?? 0;
-  const result = {
-    level: report.level, backupId: report.disks?.[0]?.backupId, bytesRead, bytesStored,
-    seconds: run.seconds, cliSeconds: (report.durationMs ?? run.seconds * 1000) / 1000, peakRss: run.peakRssBytes, rssSource: run.rssSource,
+function fleeceEnv(work) {
+  return {
+    ...process.env,
+    FLEECE_RUN_DIR: join(work, 'run'), FLEECE_STATE_DIR: join(work, 'state'), FLEECE_CONFIG_DIR: join(work, 'config'),
+    FLEECE_DAEMON_SOCKET: join(work, 'run', 'fleeced.sock'),
   };
-  log(`    ${result.level}: read ${fmtMiB(bytesRead)}, stored ${fmtMiB(bytesStored)}, ${run.seconds.toFixed(2)} s `
-    + `(${fmtRate(rate(bytesRead, run.seconds))}), peak RSS ${fmtMiB(run.peakRssBytes)}`);
+}
+
+/** `node dist/src/cli/main.js <args>` under /usr/bin/time -v; throws with its output unless it exited 0. */
+let profiled = 0;
+async function fleece(work, args) {
+  // One directory per command (01-backup-full-none…): the main thread's profile and one per worker thread.
+  const label = [args[0], args.includes('--full') ? 'full' : args[0] === 'backup' ? 'auto' : '', args.includes('--qmp') ? 'qmp' : '',
+    args.includes('none') ? 'none' : args[0] === 'backup' ? 'zstd' : args[args.indexOf('--format') + 1]].filter(Boolean).join('-');
+  const prof = PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', join(PROF_DIR, `${String(++profiled).padStart(2, '0')}-${label}`)] : [];
+  return mustRun(process.execPath, [...prof, CLI, ...args], { timeV: true, env: fleeceEnv(work) });
+}
+
+async function fleeceBackup(work, label, args) {
+  const r = await fleece(work, ['backup', ...args, '--json']);
+  const report = JSON.parse(r.stdout);
+  const out = {
+    seconds: r.seconds, peakRss: r.peakRss, level: report.level, backupId: report.disks?.[0]?.backupId,
+    bytesRead: report.bytesRead ?? 0, bytesStored: report.bytesStored ?? 0, durationMs: report.durationMs,
+  };
+  log(`  fleece ${label}: ${out.level}, read ${fmtMiB(out.bytesRead)}, stored ${fmtMiB(out.bytesStored)}, ${s2(r.seconds)}`
+    + ` (${fmtRate(out.bytesRead, r.seconds)}; its own duration ${(out.durationMs / 1000).toFixed(2)} s), peak RSS ${fmtMiB(r.peakRss)}`);
+  return out;
+}
+
+/** `fleece restore` of `backupId` (its chain) into `out`, then `sync` of it; checks it against the reference. */
+async function fleeceRestore(work, repo, backupId, out, format, reference) {
+  const r = await fleece(work, ['restore', '--repo', repo, '--backup', backupId, '--out', out, '--format', format, '--json']);
+  const syncSeconds = await syncPaths([out, dirname(out)]);
+  const ok = reference ? await sameDisk(out, format, reference) : undefined;
+  const result = { seconds: r.seconds + syncSeconds, syncSeconds, peakRss: r.peakRss, ok };
+  log(`  fleece restore → ${format}: ${s2(result.seconds)} (sync ${s2(syncSeconds)}), peak RSS ${fmtMiB(r.peakRss)}${matches(ok)}`);
   return result;
 }
 
-function markdown(f) {
-  const row = (cells) => `| ${cells.join(' | ')} |`;
-  const lines = [
-    `Run of ${f.date} on ${f.machine.cpu}, ${f.machine.nproc} cores, ${f.machine.memGiB} GiB RAM, Node ${process.versions.node}, `
-      + `${f.machine.qemu}, ${f.machine.nbdcopy}. Before the run: CPU in use ${f.activity.cpuBusy}, load average ${f.activity.load}`
-      + `${f.activity.busy.length ? `; busy processes: ${f.activity.busy.join(', ')}` : '; nothing else busy'}. `
-      + `During the run, other processes used ${f.activity.during} on average.`,
-    '',
-    `Disk: ${formatBytes(f.disk.size)} virtual qcow2, ${formatBytes(f.disk.allocated)} allocated (${formatBytes(f.disk.totals.random)} random, `
-      + `${formatBytes(f.disk.totals.text)} text, ${formatBytes(f.disk.totals['zero-data'])} zero bytes; plus ${formatBytes(f.disk.totals['zero-clusters'])} `
-      + `zero clusters and ${formatBytes(f.disk.totals.hole)} holes). The guest then wrote ${formatBytes(f.changed)} before the incremental.`,
-    '',
-    row(['what', 'data', 'time', 'MiB/s', 'vs lower limit', 'stored', 'peak RSS']),
-    row(['---', '---:', '---:', '---:', '---:', '---:', '---:']),
-    row(['limit: nbdcopy fleecing export → file', fmtMiB(f.disk.allocated), `${f.nbdcopyFile.toFixed(2)} s`, fmtRate(f.nbdcopyRate), '', '', '']),
-    row(['limit: nbdcopy fleecing export → null:', fmtMiB(f.disk.allocated), `${f.nbdcopyNull.toFixed(2)} s`, fmtRate(rate(f.disk.allocated, f.nbdcopyNull)), '', '', '']),
-    row([`limit: sha256/32 KiB + md5/4 MiB, ${f.machine.threads} threads`, fmtMiB(f.hash.bytes), '', fmtRate(f.hash.mibps), '', '', '']),
-  ];
-  for (const r of f.runs) {
-    lines.push(row([r.label, fmtMiB(r.bytesRead), `${r.seconds.toFixed(2)} s`, fmtRate(rate(r.bytesRead, r.seconds)),
-      r.ratio !== undefined ? `${(100 * r.ratio).toFixed(0)} %` : '', r.bytesStored !== undefined ? fmtMiB(r.bytesStored) : '', fmtMiB(r.peakRss)]));
+const matches = (ok) => (ok === undefined ? '' : `; matches the guest disk: ${ok ? 'yes' : 'NO'}`);
+
+/** Whether `image` reads the same as the raw reference: sha256 for raw, qemu-img compare (of contents) for qcow2. */
+async function sameDisk(image, format, reference) {
+  if (!reference) return undefined;
+  if (format === 'raw') return (await sha256File(image)) === reference.sha;
+  const r = await run('qemu-img', ['compare', '-f', format, '-F', 'raw', image, reference.file]);
+  if (r.code !== 0 && r.code !== 1) throw new Error(`qemu-img compare ${image} ${reference.file} failed: ${r.stderr.trim()}`);
+  return r.code === 0;
+}
+
+// ---- one round ---------------------------------------------------------------------------------------------------
+
+async function oneRound(n, ctx) {
+  const { work, disk, qmpImage, qemu, h, domain, peer, size, pattern, threads } = ctx;
+  const dir = join(work, `round-${n}`);
+  await mkdir(dir, { recursive: true });
+  const R = { n };
+  const repo = (name) => join(dir, `repo-${name}`);
+  const qmpArgs = [QMP_VM, '--qmp', qemu.extraQmpPaths[0]];
+  const lvArgs = h ? [DOMAIN, '--connect', h.uri] : undefined;
+  const peerDirs = { socket: join(dir, 'peer.sock'), scratchDir: join(dir, 'scratch') };
+  await mkdir(peerDirs.scratchDir, { recursive: true });
+  log(`\n== round ${n} of ${ROUNDS}`);
+  const started = performance.now();
+  const account = startCpuAccount(work);
+
+  if (h) {
+    const floor = await floorCopy(h, DOMAIN, 'vda', dir);
+    R.floor = floor.seconds;
+    R.hash = await hashLimit(floor.file, disk.regions, threads);
+    log(`  floor: nbdcopy of libvirt's pull export ${s2(floor.copySeconds)} + sync ${s2(floor.syncSeconds)} = ${s2(floor.seconds)}`
+      + ` (${fmtRate(disk.allocated, floor.seconds)}); hashing limit ${R.hash.toFixed(0)} MiB/s`);
+    await rm(floor.file, { force: true });
   }
-  lines.push('', ...f.notes.map((n) => `- ${n}`));
-  return lines.join('\n');
+
+  if (h && peer.ok) {
+    const peerFull = async (label, compress, out) => {
+      const p = await peerBackup({ uri: h.uri, domain: DOMAIN, level: 'full', compress, out, ...peerDirs });
+      log(`  virtnbdbackup ${label}: ${s2(p.backupSeconds)} + sync ${s2(p.syncSeconds)} = ${s2(p.seconds)} (${fmtRate(p.dataBytes, p.seconds)}), peak RSS ${fmtMiB(p.peakRss)}`);
+      return p;
+    };
+    R.peerFullZ = await peerFull('full -z', true, join(dir, 'peer-lz4'));
+    await rm(join(dir, 'peer-lz4'), { recursive: true, force: true });
+    R.peerFull = await peerFull('full', false, join(dir, 'peer-plain'));
+  }
+
+  if (h) {
+    R.lvNone = await fleeceBackup(work, 'libvirt full --compression none', [...lvArgs, '--repo', repo('lv-none'), '--full', '--compression', 'none']);
+    R.lvZstd = await fleeceBackup(work, 'libvirt full zstd', [...lvArgs, '--repo', repo('lv-zstd'), '--full']);
+    await rm(repo('lv-zstd'), { recursive: true, force: true });
+  }
+  R.qNone = await fleeceBackup(work, 'QMP full --compression none', [...qmpArgs, '--repo', repo('qmp-none'), '--full', '--compression', 'none']);
+  R.qZstd = await fleeceBackup(work, 'QMP full zstd', [...qmpArgs, '--repo', repo('qmp-zstd'), '--full']);
+  await rm(repo('qmp-zstd'), { recursive: true, force: true });
+
+  // The guest writes 1 % of the disk, the same writes on both copies.
+  const writes = planWrites(size, pattern, seededRandom, { percent: 1, seed: 10 + n });
+  for (const w of writes) {
+    if (domain) await domain.qemuIo('vda', w.command);
+    await qemu.guestWrite('vda', w.command);
+  }
+  if (domain) await domain.qemuIo('vda', 'flush');
+  await qemu.guestWrite('vda', 'flush');
+  R.written = writes.reduce((sum, w) => sum + w.length, 0);
+  R.writes = writes.length;
+  log(`  the guest wrote ${fmtMiB(R.written)} (${(100 * R.written / size).toFixed(1)} % of the disk) in ${writes.length} writes`);
+  // The restores are checked byte for byte against a raw copy of the guest disk as it is now (round 1, or all).
+  const reference = n === 1 || VERIFY_ALL ? { file: join(dir, 'reference.raw') } : undefined;
+  if (reference) {
+    await rawCopy(h ? disk.path : qmpImage, reference.file);
+    reference.sha = await sha256File(reference.file);
+  }
+
+  if (h) {
+    R.lvInc = await fleeceBackup(work, 'libvirt incremental --compression none', [...lvArgs, '--repo', repo('lv-none'), '--compression', 'none']);
+    if (R.lvInc.level !== 'incremental') throw new Error(`fleece's second libvirt backup was ${R.lvInc.level}, not incremental`);
+  }
+  R.qInc = await fleeceBackup(work, 'QMP incremental --compression none', [...qmpArgs, '--repo', repo('qmp-none'), '--compression', 'none']);
+  if (R.qInc.level !== 'incremental') throw new Error(`fleece's second QMP backup was ${R.qInc.level}, not incremental`);
+
+  if (h) {
+    // virtnbdbackup refuses to run while a checkpoint it did not make exists: fleece's go (fleece is done with them).
+    await deleteCheckpoints(h, DOMAIN, 'fleece-');
+    if (peer.ok) {
+      R.peerInc = await peerBackup({ uri: h.uri, domain: DOMAIN, level: 'inc', compress: false, out: join(dir, 'peer-plain'), ...peerDirs });
+      log(`  virtnbdbackup inc: read ${fmtMiB(R.peerInc.dataBytes)}, ${s2(R.peerInc.backupSeconds)} + sync ${s2(R.peerInc.syncSeconds)} = ${s2(R.peerInc.seconds)}, peak RSS ${fmtMiB(R.peerInc.peakRss)}`);
+    }
+  }
+
+  // Restores of the plain chains (full + incremental): fleece's libvirt one (the QMP one without libvirt), the peer's.
+  const [chainRepo, chainId] = h ? [repo('lv-none'), R.lvInc.backupId] : [repo('qmp-none'), R.qInc.backupId];
+  if (h) await rm(repo('qmp-none'), { recursive: true, force: true });
+  R.restoreQcow2 = await fleeceRestore(work, chainRepo, chainId, join(dir, 'fleece-restored.qcow2'), 'qcow2', reference);
+  await rm(join(dir, 'fleece-restored.qcow2'), { force: true });
+  R.restoreRaw = await fleeceRestore(work, chainRepo, chainId, join(dir, 'fleece-restored.raw'), 'raw', reference);
+  await rm(join(dir, 'fleece-restored.raw'), { force: true });
+
+  if (h && peer.ok) {
+    const outDir = join(dir, 'peer-restored');
+    const p = await peerRestore({ uri: h.uri, input: join(dir, 'peer-plain'), outDir, socket: peerDirs.socket, logFile: join(dir, 'virtnbdrestore.log') });
+    const qcow2Ok = await sameDisk(p.image, 'qcow2', reference);
+    R.peerRestoreQcow2 = { seconds: p.seconds, peakRss: p.peakRss, ok: qcow2Ok };
+    log(`  virtnbdrestore → qcow2: ${s2(p.restoreSeconds)} + its qemu-nbd's exit ${s2(p.waitSeconds)} + sync ${s2(p.syncSeconds)} = ${s2(p.seconds)}, `
+      + `peak RSS ${fmtMiB(p.peakRss)}${matches(qcow2Ok)}`);
+    // virtnbdrestore writes the format the disk had (qcow2); to raw a user converts: qemu-img convert + sync.
+    const raw = join(dir, 'peer-restored.raw');
+    const convert = await mustRun('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', p.image, raw], { timeV: true });
+    const syncSeconds = await syncPaths([raw, dir]);
+    const rawOk = await sameDisk(raw, 'raw', reference);
+    R.peerRestoreRaw = { seconds: p.restoreSeconds + p.waitSeconds + convert.seconds + syncSeconds, peakRss: Math.max(p.peakRss, convert.peakRss), ok: rawOk };
+    log(`  virtnbdrestore → qcow2, qemu-img convert → raw, sync: ${s2(R.peerRestoreRaw.seconds)} (convert ${s2(convert.seconds)}, sync ${s2(syncSeconds)})${matches(rawOk)}`);
+    await rm(outDir, { recursive: true, force: true });
+    await rm(raw, { force: true });
+  }
+  if (reference) await rm(reference.file, { force: true });
+
+  if (n === 1) {
+    const env = fleeceEnv(work);
+    R.startup = {
+      '--version': await startupTime(CLI, ['--version'], env),
+      '--help': await startupTime(CLI, ['--help'], env),
+      list: await startupTime(CLI, ['list', '--repo', chainRepo], env),
+    };
+    log(`  start-up (median of 5): ${Object.entries(R.startup).map(([k, t]) => `${k} ${(t.median * 1000).toFixed(0)} ms`).join(', ')}`);
+  }
+  if (!KEEP) await rm(dir, { recursive: true, force: true });
+  R.others = account.stop();
+  R.seconds = (performance.now() - started) / 1000;
+  log(`  round ${n}: ${(R.seconds / 60).toFixed(1)} min; other processes used ${R.others.toFixed(0)} % of one core meanwhile`);
+  return R;
+}
+
+// ---- the report --------------------------------------------------------------------------------------------------
+
+function report(ctx, rounds, facts) {
+  const { disk, peer, h } = ctx;
+  const pick = (key) => rounds.map((r) => r[key]);
+  const floor = pick('floor');
+  const ops = [
+    { key: 'full-plain', label: 'full, plain (fleece --compression none)', dataBytes: median(pick('lvNone').map((r) => r?.bytesRead)), peer: h && peer.ok ? pick('peerFull') : undefined, fleece: pick('lvNone'), floor },
+    { key: 'full-compressed', label: 'full, compressed (peer -z lz4, fleece zstd)', dataBytes: median(pick('lvZstd').map((r) => r?.bytesRead)), peer: h && peer.ok ? pick('peerFullZ') : undefined, fleece: pick('lvZstd'), floor },
+    { key: 'incremental', label: 'incremental, 1 % written', dataBytes: median(pick('lvInc').map((r) => r?.bytesRead)), peer: h && peer.ok ? pick('peerInc') : undefined, fleece: pick('lvInc') },
+    { key: 'restore-qcow2', label: 'restore of the chain → qcow2, + sync', dataBytes: disk.size, peer: h && peer.ok ? pick('peerRestoreQcow2') : undefined, fleece: pick('restoreQcow2') },
+    { key: 'restore-raw', label: 'restore of the chain → raw, + sync', dataBytes: disk.size, peer: h && peer.ok ? pick('peerRestoreRaw') : undefined, fleece: pick('restoreRaw') },
+    { key: 'qmp-full-plain', label: 'bare QEMU (QMP): full, --compression none', dataBytes: median(pick('qNone').map((r) => r.bytesRead)), peer: undefined, fleece: pick('qNone'), floor },
+    { key: 'qmp-full-compressed', label: 'bare QEMU (QMP): full, zstd', dataBytes: median(pick('qZstd').map((r) => r.bytesRead)), peer: undefined, fleece: pick('qZstd'), floor },
+    { key: 'qmp-incremental', label: 'bare QEMU (QMP): incremental, 1 % written', dataBytes: median(pick('qInc').map((r) => r.bytesRead)), peer: undefined, fleece: pick('qInc') },
+  ].filter((op) => op.fleece.some(Boolean));
+  const rows = tableRows(ops);
+  const fleeceRss = Math.max(...rows.map((r) => r.fleeceRss));
+  // Fixed cost of an incremental: its wall time minus what its data takes at the plain full's rate, per round.
+  const incKey = h ? 'lvInc' : 'qInc';
+  const fullKey = h ? 'lvNone' : 'qNone';
+  const fixedCosts = rounds.map((r) => r[incKey].seconds - r[incKey].bytesRead / (r[fullKey].bytesRead / r[fullKey].seconds));
+  const fixedCost = median(fixedCosts);
+  const startup = rounds[0].startup;
+  const aimList = aims({ rows, fixedCost, startup, fleeceRss });
+  const checks = rounds.flatMap((r) => [r.restoreQcow2, r.restoreRaw, r.peerRestoreQcow2, r.peerRestoreRaw]).filter((x) => x?.ok !== undefined);
+  const ok = checks.every((x) => x.ok);
+  const hash = Math.max(...pick('hash').filter(Number.isFinite));
+  const written = median(pick('written'));
+  const sh = (key, field) => timeCell(pick(key).map((r) => r?.[field]));
+
+  const hostLine = `${facts.cpu}, ${facts.nproc} cores, ${facts.memGiB} GiB RAM, Linux ${release()}; the work directory's disk takes `
+    + `direct writes at ${facts.direct.mibps.toFixed(0)} MiB/s (${facts.direct.tool})`;
+  const versions = [facts.fleece, `Node ${process.versions.node}`, facts.qemu, facts.libvirt, peer.ok ? peer.version : 'virtnbdbackup not installed', facts.nbdcopy].join(', ');
+  const lines = [
+    `Run of ${facts.date} on ${hostLine}. ${versions}. Before the run: CPU in use ${facts.activity.cpuBusy}, load average `
+      + `${facts.activity.load}${facts.activity.busy.length ? `; busy: ${facts.activity.busy.join(', ')}` : '; nothing else busy'}. `
+      + `During the run, other processes used ${facts.others.toFixed(0)} % of one core on average`
+      + `${rounds.length > 1 ? ` (per round: ${rounds.map((r) => `${r.others.toFixed(0)} %`).join(', ')})` : ''}; the run took ${facts.minutes.toFixed(1)} min.`,
+    '',
+    `Disk: ${formatBytes(disk.size)} virtual qcow2, ${formatBytes(disk.allocated)} allocated (${formatBytes(disk.totals.random)} random, `
+      + `${formatBytes(disk.totals.text)} text, ${formatBytes(disk.totals['zero-data'])} zero bytes; plus ${formatBytes(disk.totals['zero-clusters'])} `
+      + `zero clusters and ${formatBytes(disk.totals.hole)} holes)${h ? `, a paused TCG libvirt domain with cache='${facts.cache}'` : ''}; `
+      + `before the incrementals the guest wrote ${fmtMiB(written)} (${(100 * written / disk.size).toFixed(1)} % of the disk) in ${rounds[0].writes} write${rounds[0].writes === 1 ? "" : "s"}. `
+      + `${rounds.length} round${rounds.length > 1 ? 's' : ''}${facts.budgetStop ? ` (${facts.budgetStop})` : ''}; a cell with a range is the median (min–max) over the rounds, a ratio is taken per round.`,
+    '',
+    ...(h ? [`Floor: nbdcopy + sync of libvirt's pull export of the disk (${fmtMiB(disk.allocated)}): ${timeCell(floor)}, `
+      + `${fmtRate(disk.allocated, median(floor))}.`, ''] : []),
+    markdownTable(HEADERS, rows.map((r) => r.cells)),
+    '',
+    'Aims (project issue 11):',
+    '',
+    ...aimList.map((a) => `- ${a.aim}: ${a.value}, ${metText(a.met)}`),
+    '',
+    'Notes:',
+    '',
+    `- Times are wall times of the whole command as a user runs it (process start included). Durable on both sides: fleece `
+      + `fsyncs its objects and commit; virtnbdbackup does not, so its time includes \`sync\` of the files it wrote `
+      + `(fsync of each, not a global sync, which would also flush what other processes wrote): `
+      + `${h && peer.ok ? `full ${sh('peerFull', 'syncSeconds')}, full -z ${sh('peerFullZ', 'syncSeconds')}, inc ${sh('peerInc', 'syncSeconds')}` : 'not run'}.`,
+    '- virtnbdbackup: `-l full` (its stream format, thin), `-l full -z` (lz4), `-l inc` on the plain chain, on the same domain '
+      + 'and disk (each tool\'s checkpoints are removed before the other makes its own: virtnbdbackup refuses foreign ones). '
+      + 'fleece through libvirt: `fleece backup DOMAIN --connect URI`; the incremental and the restores use the '
+      + '`--compression none` chain, as the peer\'s use its plain one.',
+    '- Restores: the whole chain (full + incremental), timed until the image is on disk: virtnbdrestore writes through a '
+      + 'qemu-nbd it forks and does not wait for, so its time runs until that qemu-nbd has exited, then `sync`. virtnbdrestore '
+      + 'writes the disk\'s own format (qcow2) only; its raw row adds `qemu-img convert -O raw` + sync (what a user would run). '
+      + `fleece: \`fleece restore --format qcow2|raw\` + sync. Each restored image ${VERIFY_ALL ? '' : 'of round 1 '}was compared with a raw copy of the `
+      + `guest disk (sha256; qcow2: \`qemu-img compare\`): ${checks.length} of ${checks.length} ${ok ? 'matched byte for byte' : `compared, ${checks.filter((x) => !x.ok).length} DIFFERED`}.`,
+    `- Incremental: fleece read ${fmtMiB(median(pick(incKey).map((r) => r.bytesRead)))}${h && peer.ok ? `, virtnbdbackup ${fmtMiB(median(pick('peerInc').map((r) => r.dataBytes)))}` : ''}; `
+      + `fleece's fixed cost (its time minus that data at its plain full's rate) ${timeCell(fixedCosts)}.`,
+    `- fleece's wall time vs its own reported duration: full plain ${sh(fullKey, 'seconds')} vs ${timeCell(pick(fullKey).map((r) => r.durationMs / 1000))}, `
+      + `incremental ${sh(incKey, 'seconds')} vs ${timeCell(pick(incKey).map((r) => r.durationMs / 1000))} (the rest: Node's start and module loading, exit).`,
+    '- Bare QEMU rows: fleece on a `qemu-system-x86_64 -S` (TCG) with a byte-identical copy of the image and the same '
+      + 'writes, opened with QEMU\'s default cache (writeback, so reads may come from the page cache); "vs nbdcopy+sync" there '
+      + 'compares with the libvirt export\'s floor.',
+    `- Start-up, median of 5 (min–max): ${Object.entries(startup).map(([k, t]) => `\`fleece ${k}\` ${(t.median * 1000).toFixed(0)} ms (${(t.min * 1000).toFixed(0)}–${(t.max * 1000).toFixed(0)})`).join(', ')}.`,
+    `- Peak RSS: \`/usr/bin/time -v\` (maximum resident set size of the process), the highest over the rounds.`,
+    ...(Number.isFinite(hash) ? [`- The Cinder hashing alone (sha256 per 32 KiB + md5 per 4 MiB on ${ctx.threads} threads, reads not timed) runs at ${hash.toFixed(0)} MiB/s here (best of the rounds).`] : []),
+  ];
+  return { markdown: lines.join('\n'), text: formatTable(HEADERS, rows.map((r) => r.cells)), aimList, ok };
 }
 
 const MARKER = '<!-- Everything below is written by `npm run bench` (scripts/bench.mjs); edit above this line only. -->';
@@ -191,149 +396,100 @@ function writeBenchmarks(text) {
   return path;
 }
 
+// ---- main --------------------------------------------------------------------------------------------------------
+
 async function main() {
+  const t0 = performance.now();
   const size = parseSize(process.env.FLEECE_BENCH_SIZE ?? '4G', 'FLEECE_BENCH_SIZE');
-  const keep = process.env.FLEECE_BENCH_KEEP === '1';
   const threads = availableParallelism();
   const activity = await machineActivity();
-  work = await mkdtemp(join(process.env.FLEECE_BENCH_DIR ?? tmpdir(), 'fleece-bench-'));
-  for (const sub of ['run', 'scratch', 'qemu']) await mkdir(join(work, sub));
-  const cpuAtStart = cpuSnapshot();
-  log(`fleece benchmark in ${work}: ${formatBytes(size)} disk, ${threads} cores; CPU in use before the run ${activity.cpuBusy}, load ${activity.load}${activity.busy.length ? `; busy: ${activity.busy.join(', ')}` : ''}`);
-  let qemu;
-  try {
-    log('\nbuilding the disk (offline)');
-    const disk = await createMixedDisk(join(work, 'vda.qcow2'), { size });
-    log(`  ${formatBytes(disk.allocated)} allocated of ${formatBytes(size)}`);
-    qemu = await startQemuSystem({ disks: [{ path: disk.path, format: 'qcow2', target: 'vda' }], dir: join(work, 'qemu'), extraQmpSockets: 1 });
-    const fleeceQmp = qemu.extraQmpPaths[0];
+  const work = await mkdtemp(join(process.env.FLEECE_BENCH_DIR ?? tmpdir(), 'fleece-bench-'));
+  held.work = work;
+  for (const sub of ['run', 'state', 'config', 'qemu']) await mkdir(join(work, sub));
+  if (PROF_DIR) await mkdir(PROF_DIR, { recursive: true });
+  log(`fleece vs virtnbdbackup in ${work}: ${formatBytes(size)} disk, ${ROUNDS} round(s), ${threads} cores; CPU in use before `
+    + `${activity.cpuBusy}, load ${activity.load}${activity.busy.length ? `; busy: ${activity.busy.join(', ')}` : ''}`);
+  const account = startCpuAccount(work);
 
-    log('\nlimit 1: nbdcopy reading a fleecing export (startPullBackup, as fleece starts it: scratch overlay + sync:none + NBD export)');
-    const [vda] = (await queryDisks(qemu.client)).filter((d) => d.target === 'vda');
-    const session = await startPullBackup({
-      vm: VM, qmp: qemu.client, registry: new BackupRegistry(), disks: [{ disk: vda }],
-      scratchDir: join(work, 'scratch'), runDir: join(work, 'run'),
-    });
-    const copy = join(work, 'nbdcopy.raw');
-    let nbdcopyFile, nbdcopyNull;
-    try {
-      const uri = session.exports[0].uri;
-      nbdcopyFile = nbdcopy(uri, copy, 2);
-      nbdcopyNull = nbdcopy(uri, 'null:', 2);
-    } finally {
-      await session.abort();
-    }
-    const nbdcopyRate = rate(disk.allocated, nbdcopyFile);
-    log(`  → file ${fmtRate(nbdcopyRate)} (${nbdcopyFile.toFixed(2)} s), → null: ${fmtRate(rate(disk.allocated, nbdcopyNull))}`);
+  const peer = await peerStatus();
+  if (!peer.ok) log(`\n${peer.why}\n  the peer's column stays empty; the rest runs`);
+  const libvirt = libvirtAvailability();
+  if (!libvirt.ok) log(`\nno libvirt here (${libvirt.why}): only fleece's QMP path runs`);
 
-    log(`\nlimit 2: Cinder hashing (sha256 per 32 KiB block + md5 per 4 MiB object) on ${threads} worker threads`);
-    // Best of several runs (two now, one after the fleece runs): other load on the machine only lowers it.
-    const hashRuns = [await hashLimit(copy, disk.regions, threads), await hashLimit(copy, disk.regions, threads)];
-    let hash = hashRuns.reduce((a, b) => (a.mibps >= b.mibps ? a : b));
-    log(`  ${fmtRate(hash.mibps)} over ${fmtMiB(hash.bytes)} (runs: ${hashRuns.map((r) => fmtRate(r.mibps)).join(', ')})`);
-    await rm(copy, { force: true });
-    let lower = Math.min(nbdcopyRate, hash.mibps);
-    let lowerName = nbdcopyRate <= hash.mibps ? 'nbdcopy → file' : 'hashing';
-    if (LIMITS_ONLY) {
-      log(`\nlower limit: ${lowerName}, ${fmtRate(lower)} (FLEECE_BENCH_LIMITS_ONLY=1: no fleece runs, BENCHMARKS.md untouched)`);
-      return 0;
-    }
+  const version = async (cmd, args) => (await run(cmd, args).catch(() => ({ stdout: '' }))).stdout.split('\n')[0].replace(/ \(.*\)/, '').trim();
+  const facts = {
+    date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'), cpu: await cpuModel(), nproc: cpus().length,
+    memGiB: Math.round(totalmem() / 1024 ** 3), activity,
+    qemu: await version('qemu-system-x86_64', ['--version']), libvirt: `libvirt ${await version('virsh', ['--version'])}`,
+    nbdcopy: await version('nbdcopy', ['--version']),
+    // The build benchmarked and the tree beside it (the bench's own files and this page do not count as changes).
+    fleece: `fleece ${await version(process.execPath, [CLI, '--version'])} (${CLI === join(root, 'dist/src/cli/main.js') ? 'dist/' : CLI} built `
+      + `${statSync(CLI).mtime.toISOString().replace(/\.\d+Z$/, 'Z')}; the tree is at ${await version('git', ['rev-parse', '--short', 'HEAD'])}`
+      + `${(await run('git', ['status', '--porcelain', '--untracked-files=no'])).stdout.split('\n')
+        .filter((l) => l.trim() && !/BENCHMARKS\.md|scripts\/bench|scripts\/install-bench-deps/.test(l)).length ? ' + uncommitted changes' : ''})`,
+  };
+  log(`host: ${facts.cpu}, ${facts.nproc} cores, ${facts.memGiB} GiB RAM`);
+  facts.direct = await directWriteRate(work);
+  log(`  direct writes in ${work}: ${facts.direct.mibps.toFixed(0)} MiB/s (${facts.direct.tool})`);
 
-    log('\nfleece backup (the CLI as a child process, --json; peak RSS of that process)');
-    const fullNone = await backup(work, fleeceQmp, join(work, 'repo-none'), ['--full', '--compression', 'none']);
-    const fullZstd = await backup(work, fleeceQmp, join(work, 'repo-zstd'), ['--full']);
+  log('\nbuilding the disk (offline)');
+  const disk = await createMixedDisk(join(work, 'vda.qcow2'), { size });
+  const qmpImage = join(work, 'vda-qmp.qcow2');
+  // --sparse=never: cp's hole detection would turn the qcow2's allocated zero clusters into file holes, which QEMU then
+  // reports as zeros (not read); this copy has the same bytes and the same block status.
+  await mustRun('cp', ['--sparse=never', disk.path, qmpImage]);
+  log(`  ${formatBytes(disk.allocated)} allocated of ${formatBytes(size)}; a byte-identical copy for the bare QEMU`);
+  const pattern = join(work, 'random-4m.bin');
+  writeRandomPatternFile(pattern);
 
-    log('\nthe guest writes');
-    const pattern = join(work, 'random-4m.bin');
-    writeRandomPatternFile(pattern);
-    const writes = planGuestActivity(disk.regions, size, pattern);
-    for (const w of writes) await qemu.guestWrite('vda', w.command);
-    await qemu.guestWrite('vda', 'flush');
-    const changed = coveredBytes(writes);
-    log(`  ${writes.length} writes covering ${fmtMiB(changed)}`);
-    const reference = join(work, 'reference.raw');
-    await rawCopy(disk.path, reference);
-    const referenceSha = await sha256File(reference);
-    await rm(reference, { force: true });
-
-    // Each repository has its own checkpoint (fleece picks the newest one with a complete backup in that repository).
-    const incrementalNone = await backup(work, fleeceQmp, join(work, 'repo-none'), ['--compression', 'none']);
-    const incremental = await backup(work, fleeceQmp, join(work, 'repo-zstd'), []);
-    for (const [name, r] of [['none', incrementalNone], ['zstd', incremental]]) {
-      if (r.level !== 'incremental') throw new Error(`the second ${name} backup was ${r.level}, not incremental`);
-    }
-    await qemu.stop();
-
-    log('\nfleece restore (the incremental: its chain, full + incremental, into a raw file)');
-    const restored = join(work, 'restored.raw');
-    const restoreArgs = ['restore', '--repo', join(work, 'repo-zstd'), '--backup', incremental.backupId, '--out', restored, '--format', 'raw'];
-    log(`  $ ${describeRun(restoreArgs)}`);
-    const restore = await runFleece(restoreArgs, { output: 'capture', timeV: true });
-    assertSucceeded(restore);
-    const restoredOk = (await sha256File(restored)) === referenceSha;
-    const lastHash = await hashLimit(restored, disk.regions, threads);
-    log(`  hashing limit again, after the fleece runs: ${fmtRate(lastHash.mibps)}`);
-    if (lastHash.mibps > hash.mibps) hash = lastHash;
-    lower = Math.min(nbdcopyRate, hash.mibps);
-    lowerName = nbdcopyRate <= hash.mibps ? 'nbdcopy → file' : 'hashing';
-    await rm(restored, { force: true });
-    log(`  ${restore.seconds.toFixed(2)} s, ${fmtRate(rate(size, restore.seconds))} of disk; byte-for-byte ${restoredOk ? 'OK' : 'MISMATCH'}`);
-
-    const runs = [
-      { label: 'fleece full, --compression none', ...fullNone, ratio: rate(fullNone.bytesRead, fullNone.seconds) / lower },
-      { label: 'fleece full, zstd (default)', ...fullZstd, ratio: rate(fullZstd.bytesRead, fullZstd.seconds) / lower },
-      // No ratio: an incremental's time is mostly fixed costs (process start, QMP, fleecing setup); see the note.
-      { label: 'fleece incremental, --compression none', ...incrementalNone },
-      { label: 'fleece incremental, zstd', ...incremental },
-      { label: 'fleece restore of the incremental (chain) → raw', bytesRead: size, seconds: restore.seconds, peakRss: restore.peakRssBytes },
-    ];
-    activity.during = `${othersCpu(cpuAtStart, cpuSnapshot()).toFixed(0)} % of one core`;
-    const cpu = cpus()[0]?.model ?? 'unknown CPU';
-    const qemuVersion = execFileSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).split('\n')[0].replace(/ \(.*\)/, '');
-    const nbdcopyVersion = execFileSync('nbdcopy', ['--version'], { encoding: 'utf8' }).split('\n')[0];
-    const figures = {
-      date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
-      machine: { cpu, nproc: cpus().length, threads, memGiB: Math.round(totalmem() / 1024 ** 3), qemu: qemuVersion, nbdcopy: nbdcopyVersion },
-      activity, disk, changed, nbdcopyFile, nbdcopyNull, nbdcopyRate, hash, runs,
-      notes: [
-        `Lower limit: ${lowerName}, ${fmtRate(lower)}. "vs lower limit" = fleece's MiB/s ÷ that.`,
-        'fleece times are the wall time of the whole `fleece backup` process (Node start, QMP, fleecing setup, NBD reads, hashing, compression, commit); MiB/s = data read ÷ that time.',
-        `Incremental: read ${fmtMiB(incremental.bytesRead)} (${(100 * incremental.bytesRead / fullZstd.bytesRead).toFixed(1)} % of the full) in ${incremental.seconds.toFixed(2)} s `
-          + `(${(100 * incremental.seconds / fullZstd.seconds).toFixed(0)} % of the full's time); at the zstd full's rate that data takes `
-          + `${(incremental.bytesRead / (fullZstd.bytesRead / fullZstd.seconds)).toFixed(2)} s, the rest is the fixed cost of a backup command.`,
-        `Wall time vs fleece's own reported duration (durationMs): full none ${fullNone.seconds.toFixed(2)} s vs ${fullNone.cliSeconds.toFixed(2)} s, `
-          + `full zstd ${fullZstd.seconds.toFixed(2)} s vs ${fullZstd.cliSeconds.toFixed(2)} s, incremental ${incremental.seconds.toFixed(2)} s vs ${incremental.cliSeconds.toFixed(2)} s.`,
-        `Restore: MiB/s of the virtual disk written; the restored image matched the guest disk byte for byte: ${restoredOk ? 'yes' : 'NO'}.`,
-        `Peak RSS measured with ${fullNone.rssSource === 'time -v' ? '`/usr/bin/time -v` (maximum resident set size of the fleece process)' : 'VmHWM of /proc/<pid>/status sampled every 25 ms'}.`,
-        'nbdcopy read the same export fleece reads: a pull backup started with startPullBackup (scratch qcow2 overlay, blockdev-backup sync:none, NBD export of the scratch node), default nbdcopy settings.',
-      ],
-    };
-    const table = formatTable(['what', 'MiB/s', 'vs limit', 'time', 'peak RSS'], [
-      ['nbdcopy → file', fmtRate(nbdcopyRate), '', `${nbdcopyFile.toFixed(2)} s`, ''],
-      [`hashing, ${threads} threads`, fmtRate(hash.mibps), '', '', ''],
-      ...runs.map((r) => [r.label, fmtRate(rate(r.bytesRead, r.seconds)), r.ratio !== undefined ? `${(100 * r.ratio).toFixed(0)} %` : '',
-        `${r.seconds.toFixed(2)} s`, fmtMiB(r.peakRss)]),
-    ]);
-    log(`\n${table}\n\nlower limit: ${lowerName}; other processes used ${activity.during} during the run`);
-    const path = writeBenchmarks(markdown(figures));
-    log(`written to ${path}`);
-    return restoredOk ? 0 : 1;
-  } finally {
-    await qemu?.stop();
-    if (keep) log(`kept ${work}`);
-    else await rm(work, { recursive: true, force: true });
+  held.qemu = await startQemuSystem({ disks: [{ path: qmpImage, format: 'qcow2', target: 'vda' }], dir: join(work, 'qemu'), extraQmpSockets: 1 });
+  let h;
+  let domain;
+  if (libvirt.ok) {
+    // The private libvirtd's directory under the work dir (the harness names it after FLEECE_TEST_LIBVIRT_DIR).
+    process.env.FLEECE_TEST_LIBVIRT_DIR = join(work, 'libvirt');
+    held.libvirt = dedicatedLibvirt('bench');
+    h = await held.libvirt;
+    domain = await defineTestDomain(h, { name: DOMAIN, disks: [{ target: 'vda', path: disk.path, format: 'qcow2' }], start: false });
+    await h.virsh(['start', '--paused', DOMAIN]);
+    facts.cache = /cache='([^']+)'/.exec(domain.xml)?.[1] ?? '?';
+    log(`  libvirt domain ${DOMAIN} (paused, cache='${facts.cache}') at ${h.uri}`);
   }
+
+  const ctx = { work, disk, qmpImage, qemu: held.qemu, h, domain, peer, size, pattern, threads };
+  // Another round only while it should end within the time budget (a round as long as the last one).
+  const rounds = [];
+  for (let n = 1; n <= ROUNDS; n++) {
+    const started = performance.now();
+    rounds.push(await oneRound(n, ctx));
+    const last = performance.now() - started;
+    if (n < ROUNDS && performance.now() - t0 + last > BUDGET_MIN * 60_000) {
+      log(`\nstopping after round ${n} of ${ROUNDS}: another would end past the ${BUDGET_MIN}-minute budget (FLEECE_BENCH_BUDGET)`);
+      facts.budgetStop = `${n} of the ${ROUNDS} rounds asked for ran: another would have ended past the ${BUDGET_MIN}-minute time budget (FLEECE_BENCH_BUDGET)`;
+      break;
+    }
+  }
+  facts.others = account.stop();
+  facts.minutes = (performance.now() - t0) / 60000;
+
+  const { markdown, text: table, aimList, ok } = report(ctx, rounds, facts);
+  log(`\n${table}\n`);
+  for (const a of aimList) log(`  ${a.met === undefined ? ' ' : a.met ? '✓' : '✗'} ${a.aim}: ${a.value}`);
+  log(`\nother processes used ${facts.others.toFixed(0)} % of one core during the run; the whole run took ${((performance.now() - t0) / 60000).toFixed(1)} min`);
+  if (process.env.FLEECE_BENCH_NO_WRITE === '1') {
+    const path = join(tmpdir(), 'fleece-bench-latest.md');
+    writeFileSync(path, `${markdown}\n`);
+    log(`FLEECE_BENCH_NO_WRITE=1: BENCHMARKS.md untouched; the Markdown is in ${path}`);
+  }
+  else log(`written to ${writeBenchmarks(markdown)}`);
+  return ok ? 0 : 1;
 }
 
-for (const name of ['SIGINT', 'SIGTERM']) {
-  process.on(name, () => {
-    // QEMU and nbdcopy get the terminal's SIGINT too; the harness kills QEMU on exit in any case.
-    log(`\n${name}: cleaning up`);
-    if (work && process.env.FLEECE_BENCH_KEEP !== '1') rmSync(work, { recursive: true, force: true });
-    process.exit(130);
-  });
-}
-main().then((code) => { process.exitCode = code; }, (error) => {
-  console.error(`\nbenchmark failed: ${error?.stack ?? error}`);
-  process.exitCode = 1;
-});
+main().then(
+  async (code) => { await cleanup(); process.exitCode = code; },
+  async (error) => {
+    console.error(`\nbenchmark failed: ${error?.stack ?? error}`);
+    await cleanup();
+    process.exitCode = 1;
+  },
+);
