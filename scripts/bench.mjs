@@ -11,7 +11,8 @@
 // FLEECE_BENCH_KEEP=1 (keep the work dir), FLEECE_BENCH_DIST (the compiled tree to run, default ./dist, built when
 // stale), FLEECE_CLI (another build of the CLI only), FLEECE_BENCH_CPU_PROF=DIR (every fleece command under node
 // --cpu-prof into DIR), FLEECE_BENCH_VERIFY=all (check the restores byte for byte in every round, not only the first),
-// FLEECE_BENCH_NO_WRITE=1 (do not touch BENCHMARKS.md).
+// FLEECE_BENCH_NO_WRITE=1 (do not touch BENCHMARKS.md), FLEECE_BENCH_S3=0 (skip the S3 rows: fleece to and from the
+// harness's Swift s3api on loopback, next to the AWS SDK's own PUT/GET rate on that server).
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -25,6 +26,7 @@ import {
 import { deleteCheckpoints, floorCopy, planWrites } from './bench-libvirt.mjs';
 import { endForkedQemuNbd, peerBackup, peerRestore, peerStatus } from './bench-peer.mjs';
 import { HEADERS, aims, markdownTable, metText, tableRows, timeCell } from './bench-report.mjs';
+import { S3_OBJECT_SIZE, s3Env, sdkLimit, startS3 } from './bench-s3.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 process.chdir(root);
@@ -84,7 +86,7 @@ const { dedicatedLibvirt, defineTestDomain, libvirtAvailability } = await fromDi
 
 // ---- what must be ended on success, failure and Ctrl-C -------------------------------------------------------------
 
-const held = { work: undefined, qemu: undefined, libvirt: undefined };
+const held = { work: undefined, qemu: undefined, libvirt: undefined, s3: undefined };
 let cleaning;
 
 /** Ends the children, any qemu-nbd virtnbdrestore forked, the bare QEMU, the domain and libvirtd; removes the work dir. Once. */
@@ -94,6 +96,7 @@ function cleanup() {
     await endChildren();
     if (held.work) await endForkedQemuNbd(held.work).catch(warn('qemu-nbd'));
     await held.qemu?.stop().catch(warn('the bare QEMU'));
+    await held.s3?.stop().catch(warn('Swift'));
     const h = await held.libvirt?.catch(() => undefined);
     await h?.stop().catch(warn('the private libvirtd')); // destroys and undefines the domain, stops libvirtd, removes its dir
     if (held.work && !KEEP) await rm(held.work, { recursive: true, force: true }).catch(warn('the work directory'));
@@ -140,16 +143,16 @@ function fleeceEnv(work) {
 
 /** `node dist/src/cli/main.js <args>` under /usr/bin/time -v; throws with its output unless it exited 0. */
 let profiled = 0;
-async function fleece(work, args) {
+async function fleece(work, args, extraEnv = {}) {
   // One directory per command (01-backup-full-none…): the main thread's profile and one per worker thread.
   const label = [args[0], args.includes('--full') ? 'full' : args[0] === 'backup' ? 'auto' : '', args.includes('--qmp') ? 'qmp' : '',
     args.includes('none') ? 'none' : args[0] === 'backup' ? 'zstd' : args[args.indexOf('--format') + 1]].filter(Boolean).join('-');
   const prof = PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', join(PROF_DIR, `${String(++profiled).padStart(2, '0')}-${label}`)] : [];
-  return mustRun(process.execPath, [...prof, CLI, ...args], { timeV: true, env: fleeceEnv(work) });
+  return mustRun(process.execPath, [...prof, CLI, ...args], { timeV: true, env: { ...fleeceEnv(work), ...extraEnv } });
 }
 
-async function fleeceBackup(work, label, args) {
-  const r = await fleece(work, ['backup', ...args, '--json']);
+async function fleeceBackup(work, label, args, extraEnv) {
+  const r = await fleece(work, ['backup', ...args, '--json'], extraEnv);
   const report = JSON.parse(r.stdout);
   const out = {
     seconds: r.seconds, peakRss: r.peakRss, level: report.level, backupId: report.disks?.[0]?.backupId,
@@ -161,8 +164,8 @@ async function fleeceBackup(work, label, args) {
 }
 
 /** `fleece restore` of `backupId` (its chain) into `out`, then `sync` of it; checks it against the reference. */
-async function fleeceRestore(work, repo, backupId, out, format, reference) {
-  const r = await fleece(work, ['restore', '--repo', repo, '--backup', backupId, '--out', out, '--format', format, '--json']);
+async function fleeceRestore(work, repo, backupId, out, format, reference, extraEnv) {
+  const r = await fleece(work, ['restore', '--repo', repo, '--backup', backupId, '--out', out, '--format', format, '--json'], extraEnv);
   const syncSeconds = await syncPaths([out, dirname(out)]);
   const ok = reference ? await sameDisk(out, format, reference) : undefined;
   const result = { seconds: r.seconds + syncSeconds, syncSeconds, peakRss: r.peakRss, ok };
@@ -301,6 +304,61 @@ async function oneRound(n, ctx) {
   R.seconds = (performance.now() - started) / 1000;
   log(`  round ${n}: ${(R.seconds / 60).toFixed(1)} min; other processes used ${R.others.toFixed(0)} % of one core meanwhile`);
   return R;
+}
+
+// ---- S3 -----------------------------------------------------------------------------------------------------------
+
+/**
+ * fleece's full backup (QMP, --compression none) into s3:// on the harness's Swift and its restore to raw, checked
+ * byte for byte, next to the SDK's own PUT/GET rate on the same server with fleece's object size.
+ */
+async function s3Section(ctx) {
+  const { work, qemu, qmpImage } = ctx;
+  log('\n== S3: fleece to and from a real S3 server (Swift s3api on loopback), the AWS SDK\'s own rate as the limit');
+  const s3 = await startS3(DIST);
+  if (!s3.ok) {
+    log(`  skipped: ${s3.why}`);
+    return { skipped: s3.why };
+  }
+  held.s3 = s3;
+  const env = s3Env(s3);
+  const repo = `s3://${s3.bucket}/run-${Date.now()}`;
+  const reference = { file: join(work, 's3-reference.raw') };
+  await rawCopy(qmpImage, reference.file);
+  reference.sha = await sha256File(reference.file);
+  const backup = await fleeceBackup(work, 'QMP full --compression none → S3', [QMP_VM, '--qmp', qemu.extraQmpPaths[0], '--repo', repo, '--full', '--compression', 'none'], env);
+  const restore = await fleeceRestore(work, repo, backup.backupId, join(work, 's3-restored.raw'), 'raw', reference, env);
+  await rm(join(work, 's3-restored.raw'), { force: true });
+  await rm(reference.file, { force: true });
+  const limit = await sdkLimit(s3, Math.min(backup.bytesStored, 1024 * MiB), log);
+  const out = {
+    backup, restore, limit,
+    backupRate: backup.bytesStored / MiB / backup.seconds,
+    restoreRate: backup.bytesStored / MiB / restore.seconds,
+  };
+  log(`  fleece → S3: stored ${fmtMiB(backup.bytesStored)} at ${out.backupRate.toFixed(0)} MiB/s = ${(100 * out.backupRate / limit.put).toFixed(0)} % of the SDK's PUT rate;`
+    + ` restore at ${out.restoreRate.toFixed(0)} MiB/s = ${(100 * out.restoreRate / limit.get).toFixed(0)} % of its GET rate`);
+  return out;
+}
+
+function s3Markdown(s3) {
+  if (!s3) return [];
+  if (s3.skipped) return ['', `S3 rows: not run (${s3.skipped}).`];
+  const pct = (a, b) => `${(100 * a / b).toFixed(0)} %`;
+  return [
+    '',
+    `S3 (Debian's Swift with s3api on loopback, the test harness's single node; objects of ${S3_OBJECT_SIZE / MiB} MiB, `
+      + `fleece's S3 object size): fleece backs the bare QEMU's disk up full (\`--compression none\`) into \`s3://…\` and restores it `
+      + `to raw (+ sync; ${s3.restore.ok === false ? 'it DIFFERED from the disk' : 'byte-identical with the disk'}); the limit is the AWS SDK's own `
+      + `PutObject (with Content-MD5) / GetObject rate on the same server, ${s3.limit.objects} objects, best of 1, 4 and 8 in flight.`,
+    '',
+    markdownTable(['', 'fleece', 'SDK limit', 'fleece / limit'], [
+      [`backup → S3 (stored ${fmtMiB(s3.backup.bytesStored)})`, `${s2(s3.backup.seconds)}, ${s3.backupRate.toFixed(0)} MiB/s`, `PUT ${s3.limit.put.toFixed(0)} MiB/s (${s3.limit.putFlight} in flight)`, pct(s3.backupRate, s3.limit.put)],
+      ['restore ← S3 → raw, + sync', `${s2(s3.restore.seconds)}, ${s3.restoreRate.toFixed(0)} MiB/s`, `GET ${s3.limit.get.toFixed(0)} MiB/s (${s3.limit.getFlight} in flight)`, pct(s3.restoreRate, s3.limit.get)],
+    ]),
+    '',
+    `- fleece's times are whole commands (start, NBD reads, hashing, commit); peak RSS backup ${fmtMiB(s3.backup.peakRss)}, restore ${fmtMiB(s3.restore.peakRss)}.`,
+  ];
 }
 
 // ---- the report --------------------------------------------------------------------------------------------------
@@ -469,10 +527,13 @@ async function main() {
       break;
     }
   }
+  const s3 = process.env.FLEECE_BENCH_S3 === '0' ? undefined : await s3Section(ctx);
   facts.others = account.stop();
   facts.minutes = (performance.now() - t0) / 60000;
 
-  const { markdown, text: table, aimList, ok } = report(ctx, rounds, facts);
+  const { markdown: main, text: table, aimList, ok: restoresOk } = report(ctx, rounds, facts);
+  const markdown = [main, ...s3Markdown(s3)].join('\n');
+  const ok = restoresOk && s3?.restore?.ok !== false;
   log(`\n${table}\n`);
   for (const a of aimList) log(`  ${a.met === undefined ? ' ' : a.met ? '✓' : '✗'} ${a.aim}: ${a.value}`);
   log(`\nother processes used ${facts.others.toFixed(0)} % of one core during the run; the whole run took ${((performance.now() - t0) / 60000).toFixed(1)} min`);
