@@ -355,7 +355,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         // as fast as 8 of 1 MiB, with 4× fewer requests.
         for await (const piece of readExtents(source!, data, {
           maxRequest: Math.min(writer.chunkSize, 32 * 1024 * 1024),
-          concurrency: 4,
+          // 4 in flight, but at most 32 MiB of them (2 of S3's 16 MiB objects): memory stays bounded.
+          concurrency: Math.max(2, Math.min(4, Math.floor((32 * 1024 * 1024) / writer.chunkSize))),
           allocate: () => writer.bufferForRead(),
           trim: source!.canTrim && (options.trim ?? false),
           signal: inner.signal,

@@ -55,6 +55,11 @@ export interface StoreCallOptions {
 export interface PutOptions extends StoreCallOptions {
   /** Leave the durability of the object's name to a later `syncContainer` (its bytes are durable at once). */
   deferContainerSync?: boolean;
+  /**
+   * The md5 (hex) of exactly these bytes, when the caller has it already (computed off the main thread): a store that
+   * sends a Content-MD5 uses it instead of hashing again. A decorator that changes the bytes must not pass it on.
+   */
+  md5?: string;
 }
 
 export interface ObjectInfo {
