@@ -30,6 +30,7 @@ interface BackupFlags {
   trim?: boolean;
   scratchDir?: string;
   checkpoint?: string;
+  fleecing?: 'cbw' | 'overlay';
 }
 
 /** The one backup request from the command's flags (the daemon builds the same from its API body). */
@@ -52,6 +53,7 @@ export function requestFromFlags(vm: string, flags: BackupFlags): BackupRequest 
     ...(flags.trim ? { trim: true } : {}),
     ...(flags.scratchDir ? { scratchDir: resolve(flags.scratchDir) } : {}),
     ...(flags.checkpoint ? { checkpoint: flags.checkpoint } : {}),
+    ...(flags.fleecing ? { fleecing: flags.fleecing } : {}),
   });
 }
 
@@ -84,6 +86,7 @@ export function registerBackupCommand(program: Command, context: () => CliContex
     .option('--trim', 'discard what was read from the fleecing scratch image (writable export; frees no space on QEMU 7.2)')
     .option('--scratch-dir <dir>', 'where fleecing scratch images go (default <state-dir>/scratch)')
     .option('--checkpoint <name>', 'name of the new checkpoint (default fleece-<UTC time>)')
+    .addOption(new Option('--fleecing <mode>', 'bare QEMU: cbw (copy-before-write + snapshot-access, QEMU >= 7.1; discards free the scratch) or overlay (default for --repo; --provider uses cbw where QEMU allows it)').choices(['cbw', 'overlay']))
     .addHelpText('after', `
 The level is chosen per disk unless --full or --incremental is given: incremental since the newest checkpoint
 that has a complete backup of that disk in this repository and whose bitmap is valid, full otherwise; the
@@ -112,7 +115,7 @@ Examples:
       const entry = await resolveBackupTarget(request, ctx.configDir);
       const progress = ctx.progress();
       try {
-        const summary = await runBackup(entry, request, { stateDir: ctx.stateDir, runDir: ctx.runDir }, {
+        const summary = await runBackup(entry, request, { stateDir: ctx.stateDir, runDir: ctx.runDir, configDir: ctx.configDir }, {
           signal: ctx.signal,
           onEvent: (event) => {
             if (event.type === 'level') ctx.info(`${event.level} backup of VM '${vm}': ${event.reason}`);
