@@ -83,12 +83,6 @@ export async function cleanupQmpLeftovers(
     for (const job of jobs.filter((j) => (j.id.startsWith('fleece-') || j.id.startsWith('create-fl-')) && mine(j.id))) {
       await step(report, `job ${job.id}`, () => endJob(qmp, job.id, 30_000).then(() => undefined));
     }
-    // A copy-before-write fleecing (fleecing-cbw.ts) put its filter under the guest's device: set the device's
-    // drive back first, else the filter cannot be deleted.
-    await restoreDeviceDrives(qmp, tag).then(
-      (restored) => report.cleaned.push(...restored.map((r) => `device ${r} set back`)),
-      (error: unknown) => report.failures.push(`the guest devices' drives: ${describeError(error)}`),
-    );
     const nodes = await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true }).catch(() => []);
     const names = [...new Set(nodes.map((n) => n['node-name']).filter((n) => n.startsWith(`fl-${tag}-`)))];
     // Parents before their children: snapshot-access on the filter, the filter on the scratch, format on storage.
@@ -97,9 +91,16 @@ export async function cleanupQmpLeftovers(
       return i < 0 ? 3 : i;
     };
     names.sort((a, b) => rank(a) - rank(b));
-    for (const name of names) {
-      await step(report, `node ${name}`, () => qmp.execute('blockdev-del', { 'node-name': name }).then(() => undefined));
-    }
+    const deleteNode = (name: string) => step(report, `node ${name}`, () => qmp.execute('blockdev-del', { 'node-name': name }).then(() => undefined));
+    for (const name of names.filter((n) => rank(n) === 0)) await deleteNode(name);
+    // A copy-before-write fleecing (fleecing-cbw.ts) put its filter under the guest's device: once nothing reads
+    // the snapshot (QEMU refuses while snapshot-access holds the filter), set the device's drive back, else the
+    // filter cannot be deleted.
+    await restoreDeviceDrives(qmp, tag).then(
+      (restored) => report.cleaned.push(...restored.map((r) => `device ${r} set back`)),
+      (error: unknown) => report.failures.push(`the guest devices' drives: ${describeError(error)}`),
+    );
+    for (const name of names.filter((n) => rank(n) > 0)) await deleteNode(name);
     const checkpointRecorded = recovery.newCheckpoint
       ? (await store.load(info.vm).then((chain) => chain.has(recovery.newCheckpoint as string)).catch(() => true))
       : true;
