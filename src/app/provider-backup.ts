@@ -12,7 +12,7 @@ import {
 } from '../backup/consume/provider-state.js';
 import type { ControlPlane } from '../backup/control/control-plane.js';
 import { BackupJournal } from '../backup/journal.js';
-import { InvalidInputError } from '../util/errors.js';
+import { InvalidInputError, describeError } from '../util/errors.js';
 import type { BackupRequest } from './backup-request.js';
 import { openControlPlane, type PlaneEnvironment } from './open-control-plane.js';
 import { describeReconcile, reconcileRestores, reconcileVm } from './reconcile.js';
@@ -47,7 +47,10 @@ async function pruneProviderCheckpoints(plane: ControlPlane, stateDir: string, p
   const others = await checkpointsOfOtherProviders(stateDir, summary.vm, summary.provider);
   const obsolete = stateCheckpoints(previous).filter((cp) => cp !== summary.checkpoint && !others.has(cp));
   if (obsolete.length === 0) return { deleted: [], warnings: [] };
-  const result = await plane.deleteCheckpoints(obsolete);
+  // The backup is the provider's and recorded already: a failing deletion is a warning, never a failed backup.
+  const result = await plane.deleteCheckpoints(obsolete).catch((error: unknown) => ({
+    deleted: [] as string[], skipped: obsolete.map((name) => ({ name, reason: describeError(error) })),
+  }));
   return {
     deleted: result.deleted,
     warnings: result.skipped.map((s) => `checkpoint ${s.name} of provider '${summary.provider}''s previous backup was not deleted: ${s.reason}`),
