@@ -1,7 +1,8 @@
 // fleeced running backups through an external provider: the same request as `fleece backup VM --provider NAME`
 // (POST /v1/vms/:vm/backups with `provider`), as a job with its events, through the daemon's own QMP connection —
-// full, incremental reusing the bitmap (the provider's older checkpoint deleted), restore byte-identical, and a
-// provider hanging in backup-vm cancelled with abort: nothing left in QEMU, the bitmap not consumed.
+// full, incremental reusing the bitmap (the provider's older checkpoint deleted), restore byte-identical, a provider
+// hanging in backup-vm cancelled with abort (nothing left in QEMU, the bitmap not consumed), and `fleece backup
+// --provider` of the daemon's VM run as its job.
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { chmod, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -101,8 +102,14 @@ describe('fleeced with a backup provider', () => {
     expect(aborted.body.job.state).toBe('cancelled');
     expect(await leftovers(vm.qemu.client)).toEqual(clean);
     expect(await markedProcesses(dir)).toEqual([]);
-    const next = await backup('nc1');
-    expect(next.state).toBe('completed');
-    expect(next.result.disks[0]).toMatchObject({ bitmapMode: 'reuse', dirtyBytes: 64 * 1024 });
+    // `fleece backup --provider` of a VM the daemon owns is the daemon's job (the same request), summary and all.
+    const viaCli = await runCli(dir, ['--daemon-socket', daemonDirs(dir).socket, 'backup', 'vm1', '--provider', 'nc1', '--json']);
+    expect(viaCli.exitCode).toBe(0);
+    const next = JSON.parse(viaCli.stdout) as typeof inc.result;
+    expect(next.disks[0]).toMatchObject({ bitmapMode: 'reuse', dirtyBytes: 64 * 1024 });
+    expect(next.checkpointsDeleted).toEqual([inc.result.checkpoint]);
+    const jobs = (await d.request('GET', '/v1/jobs?vm=vm1')).body.jobs as { kind: string; state: string; result?: { backupId: string } }[];
+    expect(jobs.map((j) => `${j.kind} ${j.state}`)).toEqual(['provider completed', 'provider completed', 'provider cancelled', 'provider completed']);
+    expect(jobs[3]!.result?.backupId).toBe(next.backupId);
   }, 120_000);
 });

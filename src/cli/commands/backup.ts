@@ -5,7 +5,8 @@ import type { RepositoryBackupSummary } from '../../app/backup-to-repository.js'
 import { checkBackupRequest, type BackupRequest } from '../../app/backup-request.js';
 import { repoLocation } from '../../app/repo-location.js';
 import { resolveBackupTarget, runBackup } from '../../app/run-backup.js';
-import { backupThroughProvider } from './provider.js';
+import { backupThroughProvider, printProviderSummary } from './provider.js';
+import type { ProviderBackupSummary } from '../../app/provider-backup.js';
 import type { Compression } from '../../app/vocabulary.js';
 import type { CliContext } from '../context.js';
 import { detectDaemon, type DaemonClient } from '../daemon-client.js';
@@ -105,13 +106,13 @@ Examples:
         throw new FleeceError('USAGE', flags.repo === undefined ? "required option '--repo <dir>' not specified (or --provider <name>)" : '--repo and --provider exclude each other');
       }
       const request = requestFromFlags(vm, flags);
-      if (request.provider !== undefined) return backupThroughProvider(ctx, request);
-      // One process owns each VM: when a fleeced runs and knows this VM, the backup is its job.
+      // One process owns each VM: when a fleeced runs and knows this VM, the backup (repository or provider) is its job.
       const daemon = await detectDaemon(ctx.daemonSocket);
       if (daemon && (await daemon.listVms()).some((v) => v.name === vm)) {
         await backupThroughDaemon(ctx, daemon, request);
         return;
       }
+      if (request.provider !== undefined) return backupThroughProvider(ctx, request);
       const entry = await resolveBackupTarget(request, ctx.configDir);
       const progress = ctx.progress();
       try {
@@ -158,7 +159,7 @@ async function backupThroughDaemon(ctx: CliContext, daemon: DaemonClient, reques
   }
   if (job.state === 'cancelled' || ctx.signal.aborted) throw new AbortedError(`the backup of VM '${vm}' was interrupted; nothing of it was kept`);
   if (job.state !== 'completed') throw new FleeceError('INTERNAL', `the backup job ${job.id} of VM '${vm}' ${job.state}: ${job.error ?? 'no reason given'}`);
-  const summary = job.result as RepositoryBackupSummary;
-  if (ctx.json) ctx.printJson(summary);
-  else printSummary(ctx, summary);
+  if (ctx.json) ctx.printJson(job.result);
+  else if (request.provider !== undefined) printProviderSummary(ctx, job.result as ProviderBackupSummary);
+  else printSummary(ctx, job.result as RepositoryBackupSummary);
 }
