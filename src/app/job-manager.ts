@@ -185,11 +185,9 @@ export class JobManager {
     this.#refuseBusy(vm);
     const entry = await this.registry.get(vm);
     const conn = entry.qmp !== undefined ? await this.pool.get(entry) : undefined;
-    const context = { entry, ...(conn ? { conn } : {}), stateDir: this.#options.stateDir, runDir: this.#options.runDir };
+    const context = { entry, ...(conn ? { conn } : {}), stateDir: this.#options.stateDir, runDir: this.#options.runDir, configDir: this.#options.configDir };
     // The same request names a repository or an external provider (`fleece backup --provider`).
-    const prepared = request.provider !== undefined
-      ? prepareProviderBackup({ ...context, configDir: this.#options.configDir }, request)
-      : prepareRepositoryBackup(context, request);
+    const prepared = request.provider !== undefined ? prepareProviderBackup(context, request) : prepareRepositoryBackup(context, request);
     return this.#launch(newJobId(), vm, prepared);
   }
 
