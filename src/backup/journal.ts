@@ -75,15 +75,16 @@ function journalPath(stateDir: string, vm: string): string {
 
 /** A provider restore's journal: a name no VM can have (VM names start with a letter or digit). */
 const RESTORE_PREFIX = '_restore-';
+const RESTORE_KEY = /^_restore-[0-9a-f]{8}$/;
 
 function journalFile(stateDir: string, key: string): string {
-  return key.startsWith(RESTORE_PREFIX) && /^_restore-[0-9a-f]{8}$/.test(key) ? join(stateDir, 'journal', `${key}.json`) : journalPath(stateDir, key);
+  return RESTORE_KEY.test(key) ? join(stateDir, 'journal', `${key}.json`) : journalPath(stateDir, key);
 }
 
 /** The keys of the provider restores' journals (for readJournal / removeJournal). */
 export async function restoreJournalKeys(stateDir: string): Promise<string[]> {
   const names = await readdir(join(stateDir, 'journal')).catch(() => [] as string[]);
-  return names.filter((n) => n.startsWith(RESTORE_PREFIX) && n.endsWith('.json')).map((n) => n.slice(0, -'.json'.length));
+  return names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -'.json'.length)).filter((key) => RESTORE_KEY.test(key));
 }
 
 /**
