@@ -28,17 +28,24 @@ export interface BackupRequest {
   scratchDir?: string;
   /** The new checkpoint's name. */
   checkpoint?: string;
+  /**
+   * How a bare QEMU fleeces: 'cbw' (copy-before-write + snapshot-access, QEMU ≥ 7.1: what a reader discards leaves
+   * the scratch) or 'overlay' (scratch overlay + blockdev-backup sync:none). Default: cbw where QEMU allows it for a
+   * provider backup, overlay for a repository backup.
+   */
+  fleecing?: 'cbw' | 'overlay';
 }
 
 const FIELDS: Record<keyof BackupRequest, 'string' | 'number' | 'boolean' | 'string[]'> = {
   vm: 'string', repo: 'string', provider: 'string', qmp: 'string', guestAgent: 'string', connect: 'string', level: 'string', disks: 'string[]',
   compression: 'string', bandwidth: 'number', parallel: 'number', connections: 'number', quiesce: 'string', trim: 'boolean',
-  scratchDir: 'string', checkpoint: 'string',
+  scratchDir: 'string', checkpoint: 'string', fleecing: 'string',
 };
 const CHOICES: Partial<Record<keyof BackupRequest, readonly string[]>> = {
   level: ['auto', 'full', 'incremental'],
   compression: ['zstd', 'zlib', 'bz2', 'none'],
   quiesce: ['no', 'yes', 'try'],
+  fleecing: ['cbw', 'overlay'],
 };
 const PATHS: (keyof BackupRequest)[] = ['repo', 'qmp', 'guestAgent', 'scratchDir'];
 

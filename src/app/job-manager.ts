@@ -11,6 +11,7 @@ import { JobStore, type JobRecovery } from './jobs/job-store.js';
 import { prepareLibvirtBackup, type BackupBeginRequest } from './jobs/libvirt-backup.js';
 import { QmpPool, type VmConnection } from './jobs/qmp-pool.js';
 import { cleanupInterruptedJob } from './jobs/recover.js';
+import { prepareProviderBackup } from './jobs/provider-backup-job.js';
 import { prepareRepositoryBackup, type RepositoryBackupRequest } from './jobs/repository-backup.js';
 import { describeReconcile, reconcileVm } from './reconcile.js';
 import { VmRegistry } from './vm-registry.js';
@@ -98,7 +99,7 @@ export class JobManager {
     // Backups a killed process (a CLI, or the previous daemon) left on a registered VM, from their journals.
     for (const entry of await this.registry.list().catch(() => [])) {
       const qmp = entry.qmp !== undefined ? await this.pool.get(entry).catch(() => undefined) : undefined;
-      const report = await reconcileVm(entry.name, { stateDir: this.#options.stateDir, ...(qmp ? { qmp: qmp.qmp } : {}) })
+      const report = await reconcileVm(entry.name, { stateDir: this.#options.stateDir, configDir: this.#options.configDir, ...(qmp ? { qmp: qmp.qmp } : {}) })
         .catch((error: unknown) => log.warn({ vm: entry.name, err: error }, 'could not read the backup journal'));
       if (report) log.info({ vm: entry.name, cleaned: report.cleaned, failures: report.failures }, describeReconcile(report));
     }
@@ -177,17 +178,16 @@ export class JobManager {
   }
 
   /**
-   * A backup into a repository (app/backup-to-repository).
+   * A backup into a repository (app/backup-to-repository), or through a backup provider (app/provider-backup).
    * @throws NotFoundError (VM), ConflictError (a job runs for the VM), the start's error.
    */
   async repositoryBackup(vm: string, request: RepositoryBackupRequest): Promise<JobInfo> {
     this.#refuseBusy(vm);
     const entry = await this.registry.get(vm);
     const conn = entry.qmp !== undefined ? await this.pool.get(entry) : undefined;
-    const prepared = prepareRepositoryBackup(
-      { entry, ...(conn ? { conn } : {}), stateDir: this.#options.stateDir, runDir: this.#options.runDir },
-      request,
-    );
+    const context = { entry, ...(conn ? { conn } : {}), stateDir: this.#options.stateDir, runDir: this.#options.runDir, configDir: this.#options.configDir };
+    // The same request names a repository or an external provider (`fleece backup --provider`).
+    const prepared = request.provider !== undefined ? prepareProviderBackup(context, request) : prepareRepositoryBackup(context, request);
     return this.#launch(newJobId(), vm, prepared);
   }
 

@@ -23,6 +23,8 @@ export interface PlaneEnvironment {
   /** A QMP connection and checkpoint manager to reuse (the daemon's pool); else the plane opens its own. */
   qmp?: { qmp: QmpClient; checkpoints: CheckpointManager };
   signal?: AbortSignal;
+  /** How a bare QEMU fleeces (QmpControlPlaneOptions.fleecing); libvirt and offline planes have their own way. */
+  fleecing?: 'overlay' | 'cbw' | 'auto';
 }
 
 /** Scratch images of pull backups go here unless the request says otherwise. */
@@ -71,6 +73,7 @@ export async function openControlPlane(entry: VmEntry, env: PlaneEnvironment): P
   if (env.qmp) {
     return new QmpControlPlane({
       vm: entry.name, qmp: env.qmp.qmp, checkpoints: env.qmp.checkpoints, scratchDir, runDir: env.runDir, qmpSocket: entry.qmp,
+      ...(env.fleecing ? { fleecing: env.fleecing } : {}),
       ...(entry.guestAgent ? { guestAgent: entry.guestAgent } : {}), ...(env.registry ? { registry: env.registry } : {}),
     });
   }
@@ -82,7 +85,7 @@ export async function openControlPlane(entry: VmEntry, env: PlaneEnvironment): P
   const qmp = await QmpClient.connect({ path: entry.qmp }, { name: entry.name, ...(env.signal ? { signal: env.signal } : {}) });
   const checkpoints = new CheckpointManager({ qmp, store: new CheckpointStore(env.stateDir), vm: entry.name });
   return new QmpControlPlane({
-    vm: entry.name, qmp, checkpoints, scratchDir, runDir: env.runDir, qmpSocket: entry.qmp,
+    vm: entry.name, qmp, checkpoints, scratchDir, runDir: env.runDir, qmpSocket: entry.qmp, ...(env.fleecing ? { fleecing: env.fleecing } : {}),
     ...(entry.guestAgent ? { guestAgent: entry.guestAgent } : {}), ...(env.registry ? { registry: env.registry } : {}),
     onClose: () => qmp.close(),
   });

@@ -1,15 +1,19 @@
 // Cleans up after a backup whose process is gone (SIGKILL, a crash, a closed terminal): reads the VM's journal and
 // undoes exactly what it lists, newest first — QEMU's nodes, jobs, exports and bitmaps of that backup's tag, the
 // libvirt job serving on its socket and the checkpoint it made, its storage daemon, a frozen guest, the repository
-// backups it was writing. Nothing the journal does not name is touched.
+// backups it was writing; of a provider backup or restore also its FUSE mounts, the provider's process and the
+// cleanup verbs it owed the provider. Nothing the journal does not name is touched.
 import { rm } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { LibvirtConnection } from '../../native/libvirt/index.js';
+import { killIfSame, unmountFuse } from '../backup/consume/host-cleanup.js';
+import type { ProviderEndpoint } from '../backup/consume/provider-client.js';
 import {
   ownerAlive,
   processStartTime,
   readJournal,
   removeJournal,
+  restoreJournalKeys,
   type JournalEffect,
   type JournalOwner,
 } from '../backup/journal.js';
@@ -21,6 +25,7 @@ import { openRepository } from '../repository/index.js';
 import { describeError } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import { cleanupQmpLeftovers } from './jobs/recover.js';
+import { ProviderRegistry, endpointOf } from './provider-registry.js';
 
 const log = getLogger('app.reconcile');
 
@@ -36,13 +41,16 @@ export interface ReconcileOptions {
   stateDir: string;
   /** A QMP connection to the VM already open (the daemon's): used instead of connecting to the journal's socket. */
   qmp?: QmpExecutor;
+  /** Where the providers are registered: a killed provider backup's cleanup verbs are owed to them. */
+  configDir?: string;
 }
 
 /** One line for the user: what was cleaned after which process. */
 export function describeReconcile(report: ReconcileReport): string {
   const what = report.cleaned.length > 0 ? report.cleaned.join('; ') : 'nothing was left';
   const failed = report.failures.length > 0 ? `; could not undo: ${report.failures.join('; ')}` : '';
-  return `cleaned up after an interrupted backup of VM '${report.vm}' (fleece process ${report.owner.pid}): ${what}${failed}`;
+  const run = report.vm.startsWith('_restore-') ? `provider restore (${report.vm.slice(1)})` : `backup of VM '${report.vm}'`;
+  return `cleaned up after an interrupted ${run} (fleece process ${report.owner.pid}): ${what}${failed}`;
 }
 
 async function removePaths(paths: readonly string[], report: ReconcileReport): Promise<void> {
@@ -55,8 +63,64 @@ async function removePaths(paths: readonly string[], report: ReconcileReport): P
   }
 }
 
-async function undo(vm: string, effect: JournalEffect, options: ReconcileOptions, report: ReconcileReport): Promise<void> {
+async function providerEndpoint(name: string, options: ReconcileOptions): Promise<ProviderEndpoint | undefined> {
+  if (options.configDir === undefined) return undefined;
+  const entry = await new ProviderRegistry(options.configDir).get(name).catch(() => undefined);
+  return entry ? endpointOf(entry, { stateDir: options.stateDir }) : undefined;
+}
+
+/** The cleanup verbs a killed provider run owed its provider. */
+async function undoProviderCall(effect: Extract<JournalEffect, { kind: 'provider-backup' | 'provider-job' | 'provider-restore' }>, owner: JournalOwner, options: ReconcileOptions, report: ReconcileReport): Promise<void> {
+  const endpoint = await providerEndpoint(effect.provider, options);
+  if (!endpoint) {
+    report.cleaned.push(`provider '${effect.provider}' is not registered${options.configDir === undefined ? ' here' : ' any more'}: its cleanup was skipped`);
+    return;
+  }
+  const why = `the fleece process that ran it (pid ${owner.pid}) was interrupted`;
   switch (effect.kind) {
+    case 'provider-backup':
+      await endpoint.call('backup-cleanup', { vm: effect.vm, 'backup-id': effect.backupId, success: false, error: why });
+      report.cleaned.push(`backup-cleanup {success: false} of backup ${effect.backupId} at provider '${effect.provider}'`);
+      return;
+    case 'provider-job':
+      await endpoint.call('job-cleanup', { success: false });
+      report.cleaned.push(`job-cleanup {success: false} at provider '${effect.provider}'`);
+      return;
+    case 'provider-restore':
+      if (effect.volume !== undefined) {
+        await endpoint.call('restore-volume-cleanup', { 'backup-id': effect.backupId, volume: effect.volume, success: false });
+      } else {
+        await endpoint.call('restore-vm-cleanup', { 'backup-id': effect.backupId, success: false });
+      }
+      report.cleaned.push(`restore cleanup of backup ${effect.backupId} at provider '${effect.provider}'`);
+  }
+}
+
+async function undo(vm: string, effect: JournalEffect, owner: JournalOwner, options: ReconcileOptions, report: ReconcileReport): Promise<void> {
+  switch (effect.kind) {
+    case 'provider-backup':
+    case 'provider-job':
+    case 'provider-restore':
+      try {
+        await undoProviderCall(effect, owner, options, report);
+      } catch (error) {
+        // Not retried: the provider was told and failed, or cannot be reached; a journal kept for it would block the VM.
+        report.cleaned.push(`provider '${effect.provider}' failed its cleanup (${describeError(error)}); not retried`);
+      }
+      return;
+    case 'mount':
+      await unmountFuse(effect.path);
+      await killIfSame(effect.pid, effect.startTime);
+      await rm(effect.path, { force: true, recursive: true });
+      report.cleaned.push(`FUSE mount ${effect.path}`);
+      return;
+    case 'process':
+      await killIfSame(effect.pid, effect.startTime);
+      report.cleaned.push(`${effect.what}${effect.pid ? ` (pid ${effect.pid})` : ''}`);
+      return;
+    case 'path':
+      await removePaths([effect.path], report);
+      return;
     case 'repository-backup': {
       const repo = await openRepository(effect.repo);
       const committed = await repo.get(effect.backupId).then(() => true, () => false);
@@ -149,7 +213,7 @@ export async function reconcileVm(vm: string, options: ReconcileOptions): Promis
   const report: ReconcileReport = { vm, owner: record.owner, cleaned: [], failures: [] };
   for (const { effect } of [...record.effects].reverse()) {
     try {
-      await undo(vm, effect, options, report);
+      await undo(vm, effect, record.owner, options, report);
     } catch (error) {
       report.failures.push(`${effect.kind}: ${describeError(error)}`);
     }
@@ -157,4 +221,17 @@ export async function reconcileVm(vm: string, options: ReconcileOptions): Promis
   log.info({ ...report }, 'reconciled the journal of an interrupted backup');
   if (report.failures.length === 0) await removeJournal(options.stateDir, vm);
   return report;
+}
+
+/** Reconciles the journals of provider restores whose process is gone (they take no VM). Never throws for an undo. */
+export async function reconcileRestores(options: ReconcileOptions): Promise<ReconcileReport[]> {
+  const reports: ReconcileReport[] = [];
+  for (const key of await restoreJournalKeys(options.stateDir)) {
+    const report = await reconcileVm(key, options).catch((error: unknown) => {
+      log.warn({ key, err: error }, 'an unreadable restore journal was left alone');
+      return undefined;
+    });
+    if (report) reports.push(report);
+  }
+  return reports;
 }

@@ -20,16 +20,16 @@ export async function resolveBackupTarget(request: Pick<BackupRequest, 'vm' | 'q
 export async function runBackup(
   entry: VmEntry,
   request: BackupRequest,
-  env: PlaneEnvironment,
+  env: PlaneEnvironment & { configDir?: string },
   hooks: RepositoryBackupHooks = {},
 ): Promise<RepositoryBackupSummary> {
-  // First whatever an interrupted backup of this VM left, then take the VM for this process.
-  const report = await reconcileVm(entry.name, { stateDir: env.stateDir, ...(env.qmp ? { qmp: env.qmp.qmp } : {}) });
+  // First whatever an interrupted backup of this VM left (a provider backup's too), then take the VM for this process.
+  const report = await reconcileVm(entry.name, { stateDir: env.stateDir, ...(env.configDir ? { configDir: env.configDir } : {}), ...(env.qmp ? { qmp: env.qmp.qmp } : {}) });
   if (report) hooks.onEvent?.({ type: 'warning', message: describeReconcile(report) });
   const journal = await BackupJournal.begin(env.stateDir, entry.name);
   let plane;
   try {
-    plane = await openControlPlane(entry, { ...env, ...(request.scratchDir ? { scratchDir: request.scratchDir } : {}), ...(hooks.signal ? { signal: hooks.signal } : {}) });
+    plane = await openControlPlane(entry, { ...env, ...(request.fleecing ? { fleecing: request.fleecing } : {}), ...(request.scratchDir ? { scratchDir: request.scratchDir } : {}), ...(hooks.signal ? { signal: hooks.signal } : {}) });
   } catch (error) {
     await journal.end();
     throw error;

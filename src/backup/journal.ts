@@ -3,9 +3,12 @@
 // durably *before* it is made and cleared once undone or kept, in `<stateDir>/journal/<vm>.json`, with the owner's
 // pid and process start time. Whoever next touches the VM finds the journal of a process that is gone (a pid reused
 // by another process has another start time), undoes exactly what it lists, and goes on. The file is also the
-// cross-process guard: one backup per VM at a time, whichever process starts it.
+// cross-process guard: one backup per VM at a time, whichever process starts it. A backup through an external provider
+// journals its host effects (FUSE mounts, helper processes, its private directory) and what it owes the provider
+// (the cleanup verbs) in the same file; a provider restore, which has no VM, in `<stateDir>/journal/_restore-<id>.json`.
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, readFile, unlink } from 'node:fs/promises';
+import { mkdir, readFile, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { ConflictError, InvalidInputError } from '../util/errors.js';
@@ -21,7 +24,19 @@ export type JournalEffect =
   /** The guest's file systems frozen: through its agent socket (a bare QEMU) or through libvirt. */
   | { kind: 'guest-frozen'; agent?: string; connect?: string; domain?: string }
   /** A backup being written into a repository (objects, maybe `_metadata`), to delete when the VM backup failed. */
-  | { kind: 'repository-backup'; repo: string; backupId: string };
+  | { kind: 'repository-backup'; repo: string; backupId: string }
+  /** backup-init answered: backup-cleanup {success: false} is owed to the provider unless the backup ends. */
+  | { kind: 'provider-backup'; provider: string; vm: string; backupId: string }
+  /** job-init answered: job-cleanup {success: false} is owed. */
+  | { kind: 'provider-job'; provider: string }
+  /** restore-vm-init (and, with `volume`, restore-volume-init) answered: their cleanups are owed. */
+  | { kind: 'provider-restore'; provider: string; backupId: string; volume?: string }
+  /** A FUSE mount at `path` served by nbdfuse (`pid`, its own process group). */
+  | { kind: 'mount'; path: string; pid?: number; startTime?: string }
+  /** A helper process in its own process group (the provider's backup-vm, qemu-nbd of a restore target). */
+  | { kind: 'process'; what: string; pid?: number; startTime?: string }
+  /** A file or directory fleece made (removed recursively). */
+  | { kind: 'path'; path: string };
 
 export interface JournalOwner {
   pid: number;
@@ -58,9 +73,26 @@ function journalPath(stateDir: string, vm: string): string {
   return join(stateDir, 'journal', `${vm}.json`);
 }
 
-/** The VM's journal, if there is one. Throws InvalidInputError naming the file when it is corrupt. */
+/** A provider restore's journal: a name no VM can have (VM names start with a letter or digit). */
+const RESTORE_PREFIX = '_restore-';
+const RESTORE_KEY = /^_restore-[0-9a-f]{8}$/;
+
+function journalFile(stateDir: string, key: string): string {
+  return RESTORE_KEY.test(key) ? join(stateDir, 'journal', `${key}.json`) : journalPath(stateDir, key);
+}
+
+/** The keys of the provider restores' journals (for readJournal / removeJournal). */
+export async function restoreJournalKeys(stateDir: string): Promise<string[]> {
+  const names = await readdir(join(stateDir, 'journal')).catch(() => [] as string[]);
+  return names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -'.json'.length)).filter((key) => RESTORE_KEY.test(key));
+}
+
+/**
+ * The VM's journal (or a restore's, by its key), if there is one. Throws InvalidInputError naming the file when it
+ * is corrupt.
+ */
 export async function readJournal(stateDir: string, vm: string): Promise<JournalRecord | undefined> {
-  const path = journalPath(stateDir, vm);
+  const path = journalFile(stateDir, vm);
   let text: string;
   try {
     text = await readFile(path, 'utf8');
@@ -82,7 +114,7 @@ export async function readJournal(stateDir: string, vm: string): Promise<Journal
 
 /** Removes the VM's journal file (after a reconcile). Never throws on a file already gone. */
 export async function removeJournal(stateDir: string, vm: string): Promise<void> {
-  await unlink(journalPath(stateDir, vm)).catch((error: NodeJS.ErrnoException) => {
+  await unlink(journalFile(stateDir, vm)).catch((error: NodeJS.ErrnoException) => {
     if (error.code !== 'ENOENT') throw error;
   });
 }
@@ -114,9 +146,7 @@ export class BackupJournal {
         hint: `run \`fleece recover ${vm}\``,
       });
     }
-    await mkdir(join(stateDir, 'journal'), { recursive: true, mode: 0o700 });
-    const owner: JournalOwner = { pid: process.pid, startTime: processStartTime(process.pid) ?? '' };
-    const journal = new BackupJournal(path, { version: 1, vm, owner, createdAt: new Date().toISOString(), effects: [] });
+    const journal = await BackupJournal.#create(stateDir, path, vm);
     // Exclusive create: of two processes starting at the same instant, one wins; the other sees a live owner.
     try {
       const { open } = await import('node:fs/promises');
@@ -131,6 +161,20 @@ export class BackupJournal {
     return journal;
   }
 
+  static async #create(stateDir: string, path: string, key: string): Promise<BackupJournal> {
+    await mkdir(join(stateDir, 'journal'), { recursive: true, mode: 0o700 });
+    const owner: JournalOwner = { pid: process.pid, startTime: processStartTime(process.pid) ?? '' };
+    return new BackupJournal(path, { version: 1, vm: key, owner, createdAt: new Date().toISOString(), effects: [] });
+  }
+
+  /** The journal of one provider restore (no VM is taken): `_restore-<random>`. */
+  static async beginRestore(stateDir: string): Promise<BackupJournal> {
+    const key = `${RESTORE_PREFIX}${randomBytes(4).toString('hex')}`;
+    const journal = await BackupJournal.#create(stateDir, journalFile(stateDir, key), key);
+    await journal.#save();
+    return journal;
+  }
+
   get vm(): string {
     return this.#record.vm;
   }
@@ -140,10 +184,15 @@ export class BackupJournal {
     return this.#record.effects.map((e) => e.effect);
   }
 
+  /**
+   * Writes the record as it is now, after the writes before it. A write that failed fails its own caller only: the
+   * next save writes the whole record again (a rejected chain would otherwise fail every later save).
+   */
   #save(): Promise<void> {
     const text = JSON.stringify(this.#record);
-    this.#writing = this.#writing.then(() => writeFileAtomic(this.path, text, 0o600));
-    return this.#writing;
+    const write = this.#writing.catch(() => undefined).then(() => writeFileAtomic(this.path, text, 0o600));
+    this.#writing = write;
+    return write;
   }
 
   /** Records an effect about to be made; resolves once it is durable. Returns its id. */

@@ -25,7 +25,7 @@ export const DiskProgressSchema = Type.Object({
 export const JobInfoSchema = Type.Object({
   id: Type.String(),
   vm: Type.String(),
-  kind: Type.Union([Type.Literal('push'), Type.Literal('pull'), Type.Literal('repository')]),
+  kind: Type.Union([Type.Literal('push'), Type.Literal('pull'), Type.Literal('repository'), Type.Literal('provider')]),
   state: Type.Union([
     Type.Literal('starting'),
     Type.Literal('running'),
@@ -119,6 +119,7 @@ export const RepositoryBackupSchema = Type.Object({
   trim: Type.Optional(Type.Boolean()),
   scratchDir: Type.Optional(Type.String({ minLength: 1, pattern: '^/' })),
   checkpoint: Type.Optional(Type.String({ minLength: 1 })),
+  fleecing: Type.Optional(Type.Union([Type.Literal('cbw'), Type.Literal('overlay')], { description: 'bare QEMU: copy-before-write + snapshot-access (QEMU >= 7.1) or the scratch overlay' })),
 }, { additionalProperties: false });
 export type RepositoryBackupBody = Static<typeof RepositoryBackupSchema>;
 

@@ -25,6 +25,7 @@ interface ProviderJson {
   checkpoint: string | null;
   controlPlane: string;
   disks: { disk: string; bitmapMode: string; reason: string; incrementalFrom: string | null; dirtyBytes: number }[];
+  checkpointsDeleted: string[];
   durationMs: number;
 }
 
@@ -85,14 +86,20 @@ describe('fleece backup --provider (bare QEMU)', () => {
     const sha1 = await point('p1');
     const inc = await viaProvider('restic1');
     expect(inc.disks[0]).toMatchObject({ bitmapMode: 'reuse', incrementalFrom: full.checkpoint, dirtyBytes: MiB + 64 * KiB });
+    // The provider's chain starts from the newest checkpoint only: the one before is deleted (no pile of bitmaps).
+    expect(inc.checkpointsDeleted).toEqual([full.checkpoint]);
+    const clean = await leftovers(fixture.qemu.client);
+    expect(clean).toMatchObject({ fleeceNodes: [], jobs: [], exports: [], bitmaps: { vda: [inc.checkpoint] } });
 
     // The incremental restores through its chain (the full image, then the delta).
     expect(await restoreSha('restic1', inc.backupId, 'r1.raw')).toBe(sha1);
     expect(sha0).not.toBe(sha1);
     expect(await readdir(join(dir, 'run'))).toEqual([]); // private directories, sockets and mounts gone
 
-    // fleece SIGKILLed while the provider reads the virtual file: the next run unmounts it, stops the provider,
-    // tells it (backup-cleanup {success: false}), and starts again from the last checkpoint that succeeded.
+    // fleece SIGKILLed while the provider reads the virtual file, fleeced by copy-before-write (the default for a
+    // provider on QEMU >= 7.1): `fleece recover` sets the guest's drive back and removes the filter, the
+    // snapshot-access node, the export and the scratch, unmounts the file, stops the provider, tells it
+    // (backup-cleanup {success: false}); the next backup starts again from the last checkpoint that succeeded.
     await write('write -P 0x23 5M 64k');
     const killed = execa(process.execPath, [CLI, 'backup', 'vm1', '--qmp', qmp(), '--provider', 'restic1', '-v'], {
       env: { ...cliEnv(dir), FLEECE_FIXTURE_FAIL: 'backup-vm:hang' }, reject: false,
@@ -106,14 +113,22 @@ describe('fleece backup --provider (bare QEMU)', () => {
       void killed.then(() => reject(new Error(`fleece ended first: ${text}`)));
     });
     expect(await readFile('/proc/mounts', 'utf8')).toContain(join(dir, 'run'));
+    const during = await fixture.qemu.client.execute<{ 'node-name': string; drv: string }[]>('query-named-block-nodes', { flat: true });
+    expect(during.filter((n) => n['node-name'].startsWith('fl-')).map((n) => n.drv).sort()).toEqual(['copy-before-write', 'file', 'qcow2', 'snapshot-access']);
     killed.kill('SIGKILL');
     await killed;
+    const recovered = await runCli(dir, ['recover', 'vm1']);
+    expect(recovered.exitCode).toBe(0);
+    expect(recovered.stdout).toMatch(/cleaned up after an interrupted backup of VM 'vm1' .*FUSE mount .*export fleece-nbd-vda-.*node fl-.*-vda-access; device .* set back; node fl-.*-vda-cbw.*backup-cleanup \{success: false\} of backup vm1-.*job-cleanup \{success: false\}/);
+    expect(await leftovers(fixture.qemu.client)).toEqual(clean);
+    expect(await readdir(join(dir, 'state', 'scratch'))).toEqual([]);
+    expect(await readFile('/proc/mounts', 'utf8')).not.toContain(join(dir, 'run'));
+    expect(await hangingProviders()).toEqual([]);
     const again = await runCli(dir, ['backup', 'vm1', '--qmp', qmp(), '--provider', 'restic1', '--json']);
     expect(again.exitCode).toBe(0);
     const summary = JSON.parse(again.stdout) as ProviderJson & { warnings: string[] };
-    expect(summary.warnings.join('\n')).toMatch(/cleaned up after an interrupted backup of VM 'vm1'/);
-    expect(summary.warnings.join('\n')).toMatch(/cleaned up after an interrupted provider run \(backup-vm1, .*FUSE mount .*backup-cleanup \{success: false\} of backup vm1-/);
     expect(summary.disks[0]).toMatchObject({ bitmapMode: 'reuse', incrementalFrom: inc.checkpoint });
+    expect(summary.checkpointsDeleted).toEqual([inc.checkpoint]);
     expect(await readFile('/proc/mounts', 'utf8')).not.toContain(join(dir, 'run'));
     expect(await hangingProviders()).toEqual([]); // the provider fleece left behind was stopped
     const catalog = JSON.parse(await readFile(join(dir, 'restic-state', 'catalog.json'), 'utf8')) as { backups: Record<string, { complete: boolean }> };
@@ -180,7 +195,9 @@ describeLibvirt('fleece backup --provider of a libvirt domain', () => {
       expect(await sha256File(join(dir, 'r1.raw'))).toBe(sha1);
       expect(sha0).not.toBe(sha1);
       const checkpoints = (await h.virsh(['checkpoint-list', dom.name, '--name'])).split('\n').map((l) => l.trim()).filter(Boolean).sort();
-      expect(checkpoints).toEqual([full.checkpoint, inc.checkpoint].sort());
+      // libvirt's checkpoint of the provider's previous backup is deleted once the incremental is recorded.
+      expect(inc.checkpointsDeleted).toEqual([full.checkpoint]);
+      expect(checkpoints).toEqual([inc.checkpoint]);
       expect((await h.virsh(['domjobinfo', dom.name])).split('\n')[0]).toMatch(/None/);
     } finally {
       await dom.remove();

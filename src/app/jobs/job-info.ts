@@ -1,6 +1,6 @@
 // What the daemon reports about a backup job (domjobinfo plus history): kinds, states and the JobInfo record.
 
-export const JOB_KINDS = ['push', 'pull', 'repository'] as const;
+export const JOB_KINDS = ['push', 'pull', 'repository', 'provider'] as const;
 export const JOB_STATES = ['starting', 'running', 'ready', 'completed', 'failed', 'cancelling', 'cancelled'] as const;
 
 export type JobKind = (typeof JOB_KINDS)[number];

@@ -1,6 +1,7 @@
 // After a daemon restart: undoes what an interrupted job left in QEMU (exports, NBD server, jobs, temporary and
 // unrecorded checkpoint bitmaps, fleece's nodes) and on the host (scratch images, unfinished targets, sockets).
 import { unlink } from 'node:fs/promises';
+import { restoreDeviceDrives } from '../../backup/fleecing-cbw.js';
 import { tlsObjectIdOf } from '../../backup/plan.js';
 import { endJob } from '../../backup/qemu-effects.js';
 import { objectDel } from '../../qemu/nbd-export.js';
@@ -82,6 +83,24 @@ export async function cleanupQmpLeftovers(
     for (const job of jobs.filter((j) => (j.id.startsWith('fleece-') || j.id.startsWith('create-fl-')) && mine(j.id))) {
       await step(report, `job ${job.id}`, () => endJob(qmp, job.id, 30_000).then(() => undefined));
     }
+    const nodes = await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true }).catch(() => []);
+    const names = [...new Set(nodes.map((n) => n['node-name']).filter((n) => n.startsWith(`fl-${tag}-`)))];
+    // Parents before their children: snapshot-access on the filter, the filter on the scratch, format on storage.
+    const rank = (n: string) => {
+      const i = ['-access', '-cbw', '-format'].findIndex((suffix) => n.endsWith(suffix));
+      return i < 0 ? 3 : i;
+    };
+    names.sort((a, b) => rank(a) - rank(b));
+    const deleteNode = (name: string) => step(report, `node ${name}`, () => qmp.execute('blockdev-del', { 'node-name': name }).then(() => undefined));
+    for (const name of names.filter((n) => rank(n) === 0)) await deleteNode(name);
+    // A copy-before-write fleecing (fleecing-cbw.ts) put its filter under the guest's device: once nothing reads
+    // the snapshot (QEMU refuses while snapshot-access holds the filter), set the device's drive back, else the
+    // filter cannot be deleted.
+    await restoreDeviceDrives(qmp, tag).then(
+      (restored) => report.cleaned.push(...restored.map((r) => `device ${r} set back`)),
+      (error: unknown) => report.failures.push(`the guest devices' drives: ${describeError(error)}`),
+    );
+    for (const name of names.filter((n) => rank(n) > 0)) await deleteNode(name);
     const checkpointRecorded = recovery.newCheckpoint
       ? (await store.load(info.vm).then((chain) => chain.has(recovery.newCheckpoint as string)).catch(() => true))
       : true;
@@ -96,13 +115,6 @@ export async function cleanupQmpLeftovers(
           qmp.execute('block-dirty-bitmap-remove', { node: disk.formatNode, name: bitmap.name }).then(() => undefined),
         );
       }
-    }
-    const nodes = await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true }).catch(() => []);
-    const names = [...new Set(nodes.map((n) => n['node-name']).filter((n) => n.startsWith(`fl-${tag}-`)))];
-    // Format nodes sit on their storage nodes: delete them first.
-    names.sort((a, b) => Number(b.endsWith('-format')) - Number(a.endsWith('-format')));
-    for (const name of names) {
-      await step(report, `node ${name}`, () => qmp.execute('blockdev-del', { 'node-name': name }).then(() => undefined));
     }
   } else if (!qmp && tag) {
     report.failures.push(`QEMU of VM '${info.vm}' (${recovery.qmp}) was not reachable: its fleece nodes, jobs and bitmaps were not checked`);

@@ -16,6 +16,8 @@ export interface RepositoryJobContext {
   conn?: VmConnection;
   stateDir: string;
   runDir: string;
+  /** Where backup providers are registered: the reconcile before the backup owes a killed provider run's cleanups. */
+  configDir?: string;
 }
 
 /** Builds a repository backup job (checked when it starts: level, disks, repository). */
@@ -35,6 +37,7 @@ export function prepareRepositoryBackup(ctx: RepositoryJobContext, body: Reposit
       const done = runBackup(entry, request, {
         stateDir: ctx.stateDir,
         runDir: ctx.runDir,
+        ...(ctx.configDir ? { configDir: ctx.configDir } : {}),
         ...(conn ? { qmp: { qmp: conn.qmp, checkpoints: conn.checkpoints } } : {}),
       }, {
         signal,

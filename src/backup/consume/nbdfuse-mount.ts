@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { AbortedError, FleeceError } from '../../util/errors.js';
 import { lazyLogger } from './lazy-logger.js';
 import { processStartTime } from '../journal.js';
-import { killIfSame, unmountFuse, type ProviderJournal } from './provider-journal.js';
+import type { BackupJournal } from '../journal.js';
+import { killIfSame, unmountFuse } from './host-cleanup.js';
 
 const log = lazyLogger('backup.nbdfuse');
 
@@ -138,7 +139,7 @@ export interface MountOptions {
   regions?: string;
   /** Let discards (fallocate punch-hole) reach the export; writes are refused either way. Default false (-r). */
   discard?: boolean;
-  journal?: ProviderJournal;
+  journal?: BackupJournal;
   signal?: AbortSignal;
 }
 

@@ -21,7 +21,6 @@ import { defaultCheckpointName } from '../repository-backup.js';
 import { mountVirtualFile, type VirtualFile } from './nbdfuse-mount.js';
 import type { ProviderEndpoint } from './provider-client.js';
 import { ProviderError, type BitmapModeValue, type ProviderBackupVolume, type ReplyOf } from './provider-contract.js';
-import type { ProviderJournal } from './provider-journal.js';
 import { readProviderState, writeProviderState, type ProviderVmState } from './provider-state.js';
 
 const log = lazyLogger('backup.provider-consumer');
@@ -40,10 +39,11 @@ export interface ProviderBackupOptions {
   bandwidth?: number;
   quiesce?: QuiesceMode;
   checkpointName?: string;
-  /** The control plane's effects are journaled here (the VM's backup journal). */
+  /**
+   * The VM's backup journal: the control plane's effects, the consumer's own (mounts, the provider's process) and
+   * what it owes the provider (the cleanup verbs), so that one reconcile undoes all of a killed run.
+   */
   journal?: BackupJournal;
-  /** The consumer's own effects and what it owes the provider. */
-  providerJournal?: ProviderJournal;
 }
 
 export interface ProviderDiskSummary {
@@ -69,13 +69,15 @@ export interface ProviderBackupSummary {
   disks: ProviderDiskSummary[];
   skipped: { disk: string; reason: string }[];
   stats: NonNullable<ReplyOf<'backup-vm'>['stats']> & NonNullable<ReplyOf<'backup-cleanup'>['stats']>;
+  /** Older checkpoints of this provider's chain deleted once this backup was recorded (app/provider-backup.ts). */
+  checkpointsDeleted: string[];
   warnings: string[];
   durationMs: number;
 }
 
 export type ProviderBackupEvent =
   | { type: 'mechanism'; mechanism: 'nbd' | 'file-handle'; backupId: string }
-  | { type: 'bitmaps'; disks: { disk: string; mode: BitmapModeValue; reason: string }[] }
+  | { type: 'bitmaps'; disks: { disk: string; mode: BitmapModeValue; reason: string; incrementalFrom?: string }[] }
   | { type: 'started'; checkpoint: string | null; disks: { disk: string; dirtyBytes: number }[] }
   | { type: 'warning'; message: string };
 
@@ -185,7 +187,7 @@ async function dirtyBytesOf(exp: DiskExport, signal: AbortSignal): Promise<numbe
 export async function backupVmToProvider(options: ProviderBackupOptions, hooks: ProviderBackupHooks = {}): Promise<ProviderBackupSummary> {
   const started = Date.now();
   const startTime = Math.floor(started / 1000);
-  const { plane, endpoint, providerJournal: pj } = options;
+  const { plane, endpoint, journal: pj } = options;
   const provider = endpoint.name;
   const vm = plane.vm;
   const { signal } = hooks;
@@ -276,7 +278,7 @@ export async function backupVmToProvider(options: ProviderBackupOptions, hooks: 
         choices = choose();
       }
     }
-    emit({ type: 'bitmaps', disks: choices.map((c) => ({ disk: c.disk, mode: c.mode, reason: c.reason })) });
+    emit({ type: 'bitmaps', disks: choices.map((c) => ({ disk: c.disk, mode: c.mode, reason: c.reason, ...(c.incrementalFrom ? { incrementalFrom: c.incrementalFrom } : {}) })) });
     for (const w of point.warnings) warn(w);
 
     // The volumes as the mechanism shows them.
@@ -376,6 +378,7 @@ export async function backupVmToProvider(options: ProviderBackupOptions, hooks: 
       vm, provider, providerKind: endpoint.kind, backupId, mechanism, controlPlane: plane.kind, checkpoint, disks: summaries,
       skipped: inspection.skipped.map((d) => ({ disk: d.target, reason: d.reason })),
       stats: { ...(backupReply.stats ?? {}), ...(cleanup.stats ?? {}) },
+      checkpointsDeleted: [],
       warnings, durationMs: Date.now() - started,
     };
   } catch (error) {

@@ -10,10 +10,10 @@ import { basename, dirname, join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { ConflictError, FleeceError, InvalidInputError, NotFoundError, describeError, throwIfAborted } from '../../util/errors.js';
 import { lazyLogger } from './lazy-logger.js';
-import { processStartTime } from '../journal.js';
+import { processStartTime, type BackupJournal } from '../journal.js';
 import type { ProviderEndpoint } from './provider-client.js';
 import { ProviderError } from './provider-contract.js';
-import { killIfSame, type ProviderJournal } from './provider-journal.js';
+import { killIfSame } from './host-cleanup.js';
 
 const log = lazyLogger('backup.provider-restore');
 
@@ -27,7 +27,7 @@ export interface ProviderRestoreOptions {
   overwrite?: boolean;
   /** A private 0700 directory (created when missing): the restore target's socket, provider temporary files. */
   workDir: string;
-  providerJournal?: ProviderJournal;
+  journal?: BackupJournal;
   signal?: AbortSignal;
 }
 
@@ -48,7 +48,7 @@ async function imageSize(path: string, format: string, signal?: AbortSignal): Pr
 }
 
 /** A writable NBD export of `image` by qemu-nbd (daemonized once it listens), stopped by `stop()` (flushes). */
-async function serveImage(image: string, format: string, socket: string, name: string, journal: ProviderJournal | undefined) {
+async function serveImage(image: string, format: string, socket: string, name: string, journal: BackupJournal | undefined) {
   const pidFile = `${socket}.pid`;
   const id = await journal?.record({ kind: 'process', what: `qemu-nbd serving ${image}` });
   try {
@@ -87,7 +87,7 @@ async function serveImage(image: string, format: string, socket: string, name: s
  */
 export async function restoreFromProvider(options: ProviderRestoreOptions): Promise<ProviderRestoreSummary> {
   const started = Date.now();
-  const { endpoint, backupId, signal, providerJournal: pj } = options;
+  const { endpoint, backupId, signal, journal: pj } = options;
   const provider = endpoint.name;
   const exists = await access(options.out).then(() => true, () => false);
   if (exists && !options.overwrite) throw new ConflictError(`the restore target ${options.out} already exists`, { hint: 'choose a new path, or pass --force to replace it' });

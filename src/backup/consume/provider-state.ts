@@ -128,3 +128,21 @@ export async function listToolRecords(stateDir: string, provider: string): Promi
 }
 
 export { recordPath as toolRecordPath };
+
+/** The checkpoints a state names (the backup's own and each disk's). */
+export function stateCheckpoints(state: ProviderVmState | undefined): string[] {
+  if (!state) return [];
+  const names = [state.checkpoint, ...Object.values(state.disks).map((d) => d.checkpoint)];
+  return [...new Set(names.filter((n): n is string => n !== null))];
+}
+
+/** The checkpoints of VM `vm` that the last successful backup of any provider but `except` still starts from. */
+export async function checkpointsOfOtherProviders(stateDir: string, vm: string, except: string): Promise<Set<string>> {
+  const names = await readdir(join(stateDir, 'providers')).catch(() => [] as string[]);
+  const used = new Set<string>();
+  for (const name of names.filter((n) => n !== except && NAME.test(n))) {
+    const state = await readProviderState(stateDir, name, vm).catch(() => undefined);
+    for (const cp of stateCheckpoints(state)) used.add(cp);
+  }
+  return used;
+}

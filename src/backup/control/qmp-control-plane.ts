@@ -10,7 +10,7 @@ import type { BackupRegistry } from '../backup-registry.js';
 import { newJobTag } from '../begin-backup.js';
 import { startCbwFleecing } from '../fleecing-cbw.js';
 import { startPullBackup } from '../pull-backup.js';
-import type { BeginRequest, ControlPlane, Inspection, PointInTime } from './control-plane.js';
+import type { BeginRequest, CheckpointDeletion, ControlPlane, Inspection, PointInTime } from './control-plane.js';
 
 export interface QmpControlPlaneOptions {
   vm: string;
@@ -31,9 +31,17 @@ export interface QmpControlPlaneOptions {
   /**
    * 'overlay' (default): a qcow2 scratch overlay and blockdev-backup sync:none. 'cbw' (QEMU ≥ 7.1): the
    * copy-before-write filter and a snapshot-access export (backup/fleecing-cbw.ts): what a reader discards leaves
-   * the scratch, and an incremental export refuses reads outside its bitmap.
+   * the scratch, and an incremental export refuses reads outside its bitmap. 'auto': cbw when QEMU is 7.1 or newer
+   * and every disk is a guest device, else overlay.
    */
-  fleecing?: 'overlay' | 'cbw';
+  fleecing?: 'overlay' | 'cbw' | 'auto';
+}
+
+/** cbw where QEMU (≥ 7.1: snapshot-access) and the disks (a guest device to insert the filter under) allow it. */
+async function resolveFleecing(qmp: QmpExecutor, disks: readonly { qdev: string }[]): Promise<'overlay' | 'cbw'> {
+  const version = await qmp.execute<{ qemu: { major: number; minor: number } }>('query-version').catch(() => undefined);
+  const recent = version !== undefined && (version.qemu.major > 7 || (version.qemu.major === 7 && version.qemu.minor >= 1));
+  return recent && disks.every((d) => d.qdev !== '') ? 'cbw' : 'overlay';
 }
 
 /**
@@ -151,7 +159,8 @@ export class QmpControlPlane implements ControlPlane {
     }
     let session: { exports: readonly { disk: string; exportName: string; socket?: string; uri: string; context: string; incrementalFrom?: string; size: number }[]; finish(): Promise<{ warnings: string[] }>; abort(reason?: unknown): Promise<void> };
     try {
-      if (this.options.fleecing === 'cbw') {
+      const fleecing = this.options.fleecing === 'auto' ? await resolveFleecing(qmp, disks.map((d) => d.disk)) : this.options.fleecing ?? 'overlay';
+      if (fleecing === 'cbw') {
         const reservation = this.options.registry?.reserve(vm);
         try {
           const cbw = await startCbwFleecing({
@@ -221,6 +230,20 @@ export class QmpControlPlane implements ControlPlane {
         if (journalId !== undefined) await journal?.clear(journalId).catch(() => undefined);
       },
     };
+  }
+
+  /** Through the checkpoint manager: one transaction removing a checkpoint's bitmaps, then its metadata. */
+  async deleteCheckpoints(names: readonly string[], options: { signal?: AbortSignal } = {}): Promise<CheckpointDeletion> {
+    const result: CheckpointDeletion = { deleted: [], skipped: [] };
+    for (const name of names) {
+      try {
+        await this.options.checkpoints.delete(name, options.signal ? { signal: options.signal } : {});
+        result.deleted.push(name);
+      } catch (error) {
+        result.skipped.push({ name, reason: describeError(error) });
+      }
+    }
+    return result;
   }
 
   async close(): Promise<void> {

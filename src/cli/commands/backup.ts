@@ -5,7 +5,8 @@ import type { RepositoryBackupSummary } from '../../app/backup-to-repository.js'
 import { checkBackupRequest, type BackupRequest } from '../../app/backup-request.js';
 import { repoLocation } from '../../app/repo-location.js';
 import { resolveBackupTarget, runBackup } from '../../app/run-backup.js';
-import { backupThroughProvider } from './provider.js';
+import { backupThroughProvider, printProviderSummary } from './provider.js';
+import type { ProviderBackupSummary } from '../../app/provider-backup.js';
 import type { Compression } from '../../app/vocabulary.js';
 import type { CliContext } from '../context.js';
 import { detectDaemon, type DaemonClient } from '../daemon-client.js';
@@ -30,6 +31,7 @@ interface BackupFlags {
   trim?: boolean;
   scratchDir?: string;
   checkpoint?: string;
+  fleecing?: 'cbw' | 'overlay';
 }
 
 /** The one backup request from the command's flags (the daemon builds the same from its API body). */
@@ -52,6 +54,7 @@ export function requestFromFlags(vm: string, flags: BackupFlags): BackupRequest 
     ...(flags.trim ? { trim: true } : {}),
     ...(flags.scratchDir ? { scratchDir: resolve(flags.scratchDir) } : {}),
     ...(flags.checkpoint ? { checkpoint: flags.checkpoint } : {}),
+    ...(flags.fleecing ? { fleecing: flags.fleecing } : {}),
   });
 }
 
@@ -84,6 +87,7 @@ export function registerBackupCommand(program: Command, context: () => CliContex
     .option('--trim', 'discard what was read from the fleecing scratch image (writable export; frees no space on QEMU 7.2)')
     .option('--scratch-dir <dir>', 'where fleecing scratch images go (default <state-dir>/scratch)')
     .option('--checkpoint <name>', 'name of the new checkpoint (default fleece-<UTC time>)')
+    .addOption(new Option('--fleecing <mode>', 'bare QEMU: cbw (copy-before-write + snapshot-access, QEMU >= 7.1; discards free the scratch) or overlay (default for --repo; --provider uses cbw where QEMU allows it)').choices(['cbw', 'overlay']))
     .addHelpText('after', `
 The level is chosen per disk unless --full or --incremental is given: incremental since the newest checkpoint
 that has a complete backup of that disk in this repository and whose bitmap is valid, full otherwise; the
@@ -102,17 +106,17 @@ Examples:
         throw new FleeceError('USAGE', flags.repo === undefined ? "required option '--repo <dir>' not specified (or --provider <name>)" : '--repo and --provider exclude each other');
       }
       const request = requestFromFlags(vm, flags);
-      if (request.provider !== undefined) return backupThroughProvider(ctx, request);
-      // One process owns each VM: when a fleeced runs and knows this VM, the backup is its job.
+      // One process owns each VM: when a fleeced runs and knows this VM, the backup (repository or provider) is its job.
       const daemon = await detectDaemon(ctx.daemonSocket);
       if (daemon && (await daemon.listVms()).some((v) => v.name === vm)) {
         await backupThroughDaemon(ctx, daemon, request);
         return;
       }
+      if (request.provider !== undefined) return backupThroughProvider(ctx, request);
       const entry = await resolveBackupTarget(request, ctx.configDir);
       const progress = ctx.progress();
       try {
-        const summary = await runBackup(entry, request, { stateDir: ctx.stateDir, runDir: ctx.runDir }, {
+        const summary = await runBackup(entry, request, { stateDir: ctx.stateDir, runDir: ctx.runDir, configDir: ctx.configDir }, {
           signal: ctx.signal,
           onEvent: (event) => {
             if (event.type === 'level') ctx.info(`${event.level} backup of VM '${vm}': ${event.reason}`);
@@ -155,7 +159,7 @@ async function backupThroughDaemon(ctx: CliContext, daemon: DaemonClient, reques
   }
   if (job.state === 'cancelled' || ctx.signal.aborted) throw new AbortedError(`the backup of VM '${vm}' was interrupted; nothing of it was kept`);
   if (job.state !== 'completed') throw new FleeceError('INTERNAL', `the backup job ${job.id} of VM '${vm}' ${job.state}: ${job.error ?? 'no reason given'}`);
-  const summary = job.result as RepositoryBackupSummary;
-  if (ctx.json) ctx.printJson(summary);
-  else printSummary(ctx, summary);
+  if (ctx.json) ctx.printJson(job.result);
+  else if (request.provider !== undefined) printProviderSummary(ctx, job.result as ProviderBackupSummary);
+  else printSummary(ctx, job.result as RepositoryBackupSummary);
 }

@@ -16,7 +16,6 @@ import {
 import { resolveBackupTarget } from '../../app/run-backup.js';
 import { FleeceError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
-import { detectDaemon } from '../daemon-client.js';
 import { collect } from '../errors.js';
 import { formatBytes } from '../progress.js';
 
@@ -113,7 +112,7 @@ function providerLines(ctx: CliContext): ((line: string, verb: string) => void) 
   return ctx.verbose && !ctx.json ? (line, verb) => process.stderr.write(`[provider ${verb}] ${line}\n`) : undefined;
 }
 
-function printProviderSummary(ctx: CliContext, s: ProviderBackupSummary): void {
+export function printProviderSummary(ctx: CliContext, s: ProviderBackupSummary): void {
   for (const d of s.disks) {
     const what = d.bitmapMode === 'reuse' ? `incremental since ${d.incrementalFrom}` : `full (bitmap ${d.bitmapMode}: ${d.reason})`;
     ctx.print(`${s.vm} ${d.disk}: ${what}, ${formatBytes(d.dirtyBytes)} handed to provider '${s.provider}'`);
@@ -123,12 +122,6 @@ function printProviderSummary(ctx: CliContext, s: ProviderBackupSummary): void {
 
 /** `fleece backup VM --provider NAME`. */
 export async function backupThroughProvider(ctx: CliContext, request: BackupRequest): Promise<void> {
-  const daemon = await detectDaemon(ctx.daemonSocket);
-  if (daemon && (await daemon.listVms()).some((v) => v.name === request.vm)) {
-    throw new FleeceError('CONFLICT', `VM '${request.vm}' is owned by the running fleeced (${daemon.socketPath}), which does not run provider backups yet`, {
-      hint: 'stop fleeced, or remove the VM from it, to back it up through a provider from the command line',
-    });
-  }
   const entry = await resolveBackupTarget(request, ctx.configDir);
   const onLine = providerLines(ctx);
   const summary = await runProviderBackup(entry, request, {

@@ -10,7 +10,7 @@ export function registerRecoverCommand(program: Command, context: () => CliConte
     .argument('<vm>', 'the VM (libvirt domain or registered name)')
     .action(async (vm: string) => {
       const ctx = context();
-      const report = await reconcileVm(vm, { stateDir: ctx.stateDir });
+      const report = await reconcileVm(vm, { stateDir: ctx.stateDir, configDir: ctx.configDir });
       if (ctx.json) {
         ctx.printJson(report ?? { vm, cleaned: [], failures: [] });
       } else {
