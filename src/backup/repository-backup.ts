@@ -25,7 +25,11 @@ import { AbortedError, InvalidInputError, throwIfAborted } from '../util/errors.
 import { getLogger } from '../util/logger.js';
 import { CheckpointBitmapInvalidError, type ControlPlane, type DiskExport, type PointInTime, type QuiesceMode, type SourceDisk } from './control/control-plane.js';
 import type { CheckpointCheck } from '../checkpoint/manager.js';
-import { chooseBackupLevel, type DiskLevel, type LevelDecision, type RequestedLevel } from './level.js';
+import { chooseBackupLevel, fallBackToCompare, type DiskLevel, type LevelDecision, type RequestedLevel } from './level.js';
+import {
+  DEFAULT_VERIFY_BITMAP_PERCENT, checkVerifyPercent, cleanBlockRuns, compareSample, runsToRanges, sampleBlocks, systemRandom,
+  type Random, type SampleResult,
+} from './bitmap-sample.js';
 import type { BackupJournal } from './journal.js';
 import { volumeIdFor } from './volume-id.js';
 
@@ -60,6 +64,14 @@ export interface RepositoryBackupOptions {
   checkpointName?: string;
   /** Every effect of the backup is journaled here first (so that a killed process is cleaned up after). */
   journal?: BackupJournal;
+  /**
+   * Percent of the blocks a dirty bitmap calls clean that an incremental reads and compares with the parent's
+   * sha256s (bitmap-sample.ts); any difference makes that disk a compare incremental. 0 trusts the bitmap. Default
+   * DEFAULT_VERIFY_BITMAP_PERCENT.
+   */
+  verifyBitmap?: number;
+  /** Chooses the sampled blocks (tests: seededRandom); default seeded from the system's random source. */
+  random?: Random;
 }
 
 /** Progress: the disk that moved, its bytes, and the totals over all disks. */
@@ -85,14 +97,27 @@ export interface RepositoryBackupHooks {
 
 export interface DiskBackupSummary {
   disk: string;
-  level: 'full' | 'incremental';
+  /** compare: everything read, what differs by sha256 from the parent stored (no bitmap, or a bitmap proved wrong). */
+  level: 'full' | 'incremental' | 'compare';
   reason: string;
+  /** The sample of clean blocks hashed against the parent (disks that started as bitmap incrementals). */
+  bitmapCheck?: BitmapCheckSummary;
   backupId: string;
   parentId: string | null;
   bytesRead: number;
   bytesStored: number;
   objects: number;
   size: number;
+}
+
+export interface BitmapCheckSummary {
+  /** The checkpoint whose bitmap was checked. */
+  checkpoint: string;
+  percent: number;
+  blocks: number;
+  bytes: number;
+  /** Where the first clean block that differs from the parent starts (the disk then fell back to compare). */
+  mismatchOffset?: number;
 }
 
 /** What `fleece backup --json` prints. */
@@ -144,6 +169,30 @@ function markBitmapInvalid(checks: readonly CheckpointCheck[], error: Checkpoint
   });
 }
 
+/**
+ * Reads a random sample of the blocks the bitmap calls clean (outside `dirty`) and compares each with the sha256
+ * the parent's _sha256file holds for it (the whole chain resolved: every backup's _sha256file lists every block).
+ * Throws NbdError, the repository's errors (IntegrityError, StoreError), AbortedError.
+ */
+async function sampleCleanBlocks(
+  repo: Repository, source: NbdSource, parent: BackupRecord, dirty: readonly { offset: number; length: number }[], size: number,
+  blockSize: number, percent: number, random: Random, limiter: RateLimiter | undefined, signal: AbortSignal,
+): Promise<SampleResult> {
+  const ranges = runsToRanges(sampleBlocks(cleanBlockRuns(dirty, size, blockSize), percent, random), blockSize, size);
+  const { table } = await repo.readSha256Table(parent, { blocks: Math.ceil(size / blockSize), signal });
+  try {
+    const pieces = async function* () {
+      for await (const piece of readExtents(source, ranges, { maxRequest: Math.max(blockSize, 1024 * 1024 - (1024 * 1024) % blockSize), concurrency: 4, signal })) {
+        if (limiter) await limiter.take(piece.length, signal);
+        yield piece;
+      }
+    };
+    return await compareSample(pieces(), blockSize, (block) => table.get(block));
+  } finally {
+    table.close();
+  }
+}
+
 /** A checkpoint name from the clock: `fleece-20250102T030405.678Z`. */
 export function defaultCheckpointName(now = new Date()): string {
   return `fleece-${now.toISOString().replace(/[-:]/g, '')}`;
@@ -191,6 +240,7 @@ function selectDisks(vm: string, all: SourceDisk[], wanted: readonly string[] | 
 interface DiskPlan {
   disk: SourceDisk;
   level: DiskLevel;
+  bitmapCheck?: BitmapCheckSummary;
   exp: DiskExport;
   parent?: BackupRecord;
   source?: NbdSource;
@@ -224,6 +274,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   if (options.bandwidth !== undefined && !(options.bandwidth > 0)) {
     throw new InvalidInputError(`--bandwidth ${options.bandwidth} is not a positive number of bytes per second`, { hint: 'e.g. --bandwidth 50M' });
   }
+  const verifyPercent = checkVerifyPercent(options.verifyBitmap ?? DEFAULT_VERIFY_BITMAP_PERCENT);
+  const random = options.random ?? systemRandom();
   const quiesce: QuiesceMode = options.quiesce === true ? 'yes' : options.quiesce === false || options.quiesce === undefined ? 'no' : options.quiesce;
   throwIfAborted(signal, `the backup of VM '${vm}'`);
   const repo = typeof options.repo === 'string' ? await openRepository(options.repo) : options.repo;
@@ -290,8 +342,6 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         decision = decide();
       }
     }
-    emit({ type: 'level', level: decision.level, reason: decision.reason, incrementalFrom: decision.incrementalFrom, disks: decision.disks });
-    log.info({ vm, level: decision.level, reason: decision.reason }, 'backup level chosen');
     checkpointName = point.checkpoint;
     for (const warning of point.warnings) emit({ type: 'warning', message: warning });
 
@@ -299,9 +349,11 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     for (const disk of disks) {
       const exp = point.exports.find((e) => e.disk === disk.target)!;
       const level = levelOf(disk.target);
+      // base:allocation too, for a compare backup should the bitmap prove wrong (every NBD server of QEMU has it).
+      const metaContexts = [...new Set([exp.context, 'base:allocation'])];
       const source = await NbdSource.open(
         exp.socket ? { socket: exp.socket, exportName: exp.exportName } : { uri: exp.uri },
-        { metaContexts: [exp.context], connections: options.connections ?? 2, ...(exp.tls ? { tls: exp.tls } : {}), signal: inner.signal },
+        { metaContexts, connections: options.connections ?? 2, ...(exp.tls ? { tls: exp.tls } : {}), signal: inner.signal },
       );
       if (options.trim && !source.canTrim) {
         emit({ type: 'warning', message: `the export of disk ${disk.target} cannot trim: its scratch image keeps what was read until the backup ends` });
@@ -313,12 +365,39 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         const dirty: { offset: number; length: number }[] = [];
         for await (const e of dirtyExtents(source, exp.context, { signal: inner.signal })) dirty.push({ offset: e.offset, length: e.length });
         const blockSize = plan.parent.shaBlockSize ?? DEFAULT_SHA_BLOCK_SIZE;
-        plan.extents = alignRangesToBlocks(dirty, blockSize, exp.size).map((r) => ({ ...r, zero: false }));
-      } else {
+        const aligned = alignRangesToBlocks(dirty, blockSize, exp.size);
+        plan.extents = aligned.map((r) => ({ ...r, zero: false }));
+        if (verifyPercent > 0) {
+          const sample = await sampleCleanBlocks(repo, source, plan.parent, aligned, exp.size, blockSize, verifyPercent, random, limiter, inner.signal);
+          plan.bitmapCheck = {
+            checkpoint: level.checkpoint, percent: verifyPercent, blocks: sample.blocks, bytes: sample.bytes,
+            ...(sample.mismatch ? { mismatchOffset: sample.mismatch.offset } : {}),
+          };
+          if (sample.mismatch) {
+            const why = `the dirty bitmap of checkpoint ${level.checkpoint} on disk ${disk.target} missed a write: the block at offset ${sample.mismatch.offset} it calls clean `
+              + `differs from backup ${plan.parent.backupId} (found among ${sample.blocks} sampled blocks, --verify-bitmap ${verifyPercent})`;
+            log.warn({ vm, disk: disk.target, checkpoint: level.checkpoint, ...sample.mismatch }, 'a dirty bitmap missed a write; falling back to compare');
+            decision = fallBackToCompare(decision, disk.target, why);
+            plan.level = levelOf(disk.target);
+            emit({ type: 'warning', message: `${why}; disk ${disk.target} falls back to a compare backup (reads the whole disk)` });
+          }
+        }
+      }
+      if (plan.level.level === 'compare') {
+        plan.parent = plan.level.parent;
+        plan.extents = [];
+        if (source.contexts.includes('base:allocation')) {
+          for await (const e of allocatedExtents(source, { signal: inner.signal })) plan.extents.push({ offset: e.offset, length: e.length, zero: e.zero });
+        } else {
+          plan.extents.push({ offset: 0, length: exp.size, zero: false });
+        }
+      } else if (plan.level.level === 'full') {
         for await (const e of allocatedExtents(source, { signal: inner.signal })) plan.extents.push({ offset: e.offset, length: e.length, zero: e.zero });
       }
       plan.bytesTotal = plan.extents.reduce((n, e) => n + (e.zero ? 0 : e.length), 0);
     }
+    emit({ type: 'level', level: decision.level, reason: decision.reason, incrementalFrom: decision.incrementalFrom, disks: decision.disks });
+    log.info({ vm, level: decision.level, reason: decision.reason }, 'backup level chosen');
     const totalBytes = plans.reduce((n, p) => n + p.bytesTotal, 0);
     let totalDone = 0;
     emit({ type: 'started', checkpoint: checkpointName, groupId, disks: plans.map((p) => ({ disk: p.disk.target, bytesTotal: p.bytesTotal })) });
@@ -326,7 +405,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
 
     // 5. Read every disk into its writer; a disk is durable once its writer finished (its _metadata written).
     await runLimited(plans, parallel, async (plan) => {
-      const { disk, exp, source, level } = plan;
+      const { disk, exp, source, level, bitmapCheck } = plan;
       const backupId = randomUUID();
       if (options.journal && typeof options.repo === 'string') {
         journaled.push(await options.journal.record({ kind: 'repository-backup', repo: options.repo, backupId }));
@@ -337,7 +416,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         disk: disk.target,
         volumeId: volumeIdFor(vm, disk.target),
         size: exp.size,
-        ...(plan.parent ? { parent: plan.parent.backupId, mode: 'changed-extents' as const } : { mode: 'full' as const }),
+        ...(plan.parent ? { parent: plan.parent.backupId, mode: level.level === 'compare' ? 'compare' as const : 'changed-extents' as const } : { mode: 'full' as const }),
         ...(options.compression ? { compression: options.compression } : {}),
         ...(checkpointName ? { checkpoint: checkpointName } : {}),
         ...(level.level === 'incremental' ? { incrementalFrom: level.checkpoint } : {}),
@@ -371,7 +450,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         throwIfAborted(inner.signal, `the backup of disk ${disk.target} of VM '${vm}'`);
         const summary = await writer.finish();
         committed.push({
-          disk: disk.target, level: level.level, reason: level.reason, backupId: summary.backupId, parentId: summary.parentId,
+          disk: disk.target, level: level.level, reason: level.reason, ...(bitmapCheck ? { bitmapCheck } : {}), backupId: summary.backupId, parentId: summary.parentId,
           bytesRead: summary.bytesRead, bytesStored: summary.bytesStored, objects: summary.objects, size: exp.size,
         });
         emit({ type: 'disk-done', disk: disk.target, backupId: summary.backupId, bytesRead: summary.bytesRead, bytesStored: summary.bytesStored });

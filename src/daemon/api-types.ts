@@ -119,6 +119,7 @@ export const RepositoryBackupSchema = Type.Object({
   trim: Type.Optional(Type.Boolean()),
   scratchDir: Type.Optional(Type.String({ minLength: 1, pattern: '^/' })),
   checkpoint: Type.Optional(Type.String({ minLength: 1 })),
+  verifyBitmap: Type.Optional(Type.Number({ minimum: 0, maximum: 100, description: 'percent of the clean blocks of a dirty bitmap hashed against the parent; a mismatch makes that disk a compare backup' })),
 }, { additionalProperties: false });
 export type RepositoryBackupBody = Static<typeof RepositoryBackupSchema>;
 
