@@ -300,7 +300,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   if (!inspection.canCheckpoint) {
     emit({ type: 'warning', message: `VM '${vm}' is shut off: no new checkpoint can be made, so the next backup starts from the same checkpoint as this one` });
   } else if (bitmapDisks.length === 0) {
-    emit({ type: 'warning', message: `no disk of VM '${vm}' can hold a checkpoint bitmap (not qcow2): the next backup will be full too` });
+    emit({ type: 'warning', message: `no disk of VM '${vm}' can hold a checkpoint bitmap (not qcow2): the next backup reads every disk whole again (a compare incremental)` });
   }
   const groupId = randomUUID();
   const limiter = options.bandwidth !== undefined ? new RateLimiter(options.bandwidth) : undefined;
