@@ -17,14 +17,16 @@ const size = Number(process.env.FLEECE_BENCH_SIZE ?? 1024 * MiB);
 const rounds = Number(process.argv[2] ?? 4);
 const dir = mkdtempSync(join(tmpdir(), 'fleece-bench-bitmap-'));
 const cli = join(process.cwd(), 'dist', 'src', 'cli', 'main.js');
-const env = { ...process.env, FLEECE_STATE_DIR: join(dir, 'state'), FLEECE_CONFIG_DIR: join(dir, 'config'), FLEECE_RUN_DIR: join(dir, 'run'), FLEECE_LOG_LEVEL: 'silent' };
+const env = { ...process.env, FLEECE_STATE_DIR: join(dir, 'state'), FLEECE_CONFIG_DIR: join(dir, 'config'), FLEECE_RUN_DIR: join(dir, 'run'), FLEECE_LOG_LEVEL: process.env.FLEECE_BENCH_LOG ?? 'silent' };
 
 function backup(qmp, extra) {
   const t0 = performance.now();
   const r = spawnSync(process.execPath, [cli, 'backup', 'bench', '--qmp', qmp, '--repo', join(dir, 'repo'), '--json', ...extra], { env, encoding: 'utf8' });
   const wall = (performance.now() - t0) / 1000;
   if (r.status !== 0) throw new Error(`fleece backup ${extra.join(' ')} exited ${r.status}: ${r.stderr}`);
-  const json = JSON.parse(r.stdout);
+  // With FLEECE_BENCH_LOG the log lines (one JSON object each) come first on stdout; the summary is the last document.
+  for (const line of r.stdout.split('\n')) if (line.includes('bitmap sample')) console.error(line);
+  const json = JSON.parse(r.stdout.slice(r.stdout.startsWith('{\n') ? 0 : r.stdout.lastIndexOf('\n{\n') + 1));
   return { wall, run: json.durationMs / 1000, disk: json.disks[0] };
 }
 
@@ -52,7 +54,7 @@ try {
     for (const t of ['vda', 'vdb']) await qemu.guestWrite(t, 'flush');
   };
   backup(qmp, []); // the fulls
-  const times = { trusted: [], sampled: [], changed: [], compare: [] };
+  const times = { trusted: [], sampled: [], check: [], changed: [], compare: [] };
   let sampleBytes = 0;
   let compareRead = 0;
   let changedRead = 0;
@@ -63,7 +65,7 @@ try {
       const inc = backup(qmp, ['--disk', 'vda', '--verify-bitmap', pct]);
       if (inc.disk.level !== 'incremental') throw new Error(`vda was ${inc.disk.level}: ${inc.disk.reason}`);
       (pct === '0' ? times.trusted : times.sampled).push(inc.run);
-      if (pct === '0') { times.changed.push(inc.run); changedRead = inc.disk.bytesRead; } else sampleBytes = inc.disk.bitmapCheck.bytes;
+      if (pct === '0') { times.changed.push(inc.run); changedRead = inc.disk.bytesRead; } else { sampleBytes = inc.disk.bitmapCheck.bytes; times.check.push(inc.disk.bitmapCheck.durationMs / 1000); }
       const cmp = backup(qmp, ['--disk', 'vdb']);
       if (cmp.disk.level !== 'compare') throw new Error(`vdb was ${cmp.disk.level}: ${cmp.disk.reason}`);
       times.compare.push(cmp.run);

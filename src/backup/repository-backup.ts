@@ -116,6 +116,8 @@ export interface BitmapCheckSummary {
   percent: number;
   blocks: number;
   bytes: number;
+  /** Time spent on the check (the parent's sha256s and the sampled reads). */
+  durationMs: number;
   /** Where the first clean block that differs from the parent starts (the disk then fell back to compare). */
   mismatchOffset?: number;
 }
@@ -171,26 +173,30 @@ function markBitmapInvalid(checks: readonly CheckpointCheck[], error: Checkpoint
 
 /**
  * Reads a random sample of the blocks the bitmap calls clean (outside `dirty`) and compares each with the sha256
- * the parent's _sha256file holds for it (the whole chain resolved: every backup's _sha256file lists every block).
- * Throws NbdError, the repository's errors (IntegrityError, StoreError), AbortedError.
+ * the parent's _sha256file holds for it, as `writer` inherited it (every backup's _sha256file lists every block).
+ * Throws NbdError, AbortedError.
  */
 async function sampleCleanBlocks(
-  repo: Repository, source: NbdSource, parent: BackupRecord, dirty: readonly { offset: number; length: number }[], size: number,
-  blockSize: number, percent: number, random: Random, limiter: RateLimiter | undefined, signal: AbortSignal,
+  source: NbdSource, writer: BackupWriter, dirty: readonly { offset: number; length: number }[], size: number,
+  percent: number, random: Random, limiter: RateLimiter | undefined, signal: AbortSignal,
 ): Promise<SampleResult> {
+  const blockSize = writer.shaBlockSize;
   const ranges = runsToRanges(sampleBlocks(cleanBlockRuns(dirty, size, blockSize), percent, random), blockSize, size);
-  const { table } = await repo.readSha256Table(parent, { blocks: Math.ceil(size / blockSize), signal });
-  try {
-    const pieces = async function* () {
-      for await (const piece of readExtents(source, ranges, { maxRequest: Math.max(blockSize, 1024 * 1024 - (1024 * 1024) % blockSize), concurrency: 4, signal })) {
-        if (limiter) await limiter.take(piece.length, signal);
-        yield piece;
-      }
-    };
-    return await compareSample(pieces(), blockSize, (block) => table.get(block));
-  } finally {
-    table.close();
-  }
+  const pieces = async function* () {
+    for await (const piece of readExtents(source, ranges, { maxRequest: Math.max(blockSize, 1024 * 1024 - (1024 * 1024) % blockSize), concurrency: 4, signal })) {
+      if (limiter) await limiter.take(piece.length, signal);
+      yield piece;
+    }
+  };
+  return compareSample(pieces(), blockSize, (block) => writer.parentDigest(block));
+}
+
+/** What a compare backup reads: the allocated extents, or the whole disk when the export has no base:allocation. */
+async function wholeDiskExtents(source: NbdSource, size: number, signal: AbortSignal): Promise<DiskPlan['extents']> {
+  if (!source.contexts.includes('base:allocation')) return [{ offset: 0, length: size, zero: false }];
+  const extents: DiskPlan['extents'] = [];
+  for await (const e of allocatedExtents(source, { signal })) extents.push({ offset: e.offset, length: e.length, zero: e.zero });
+  return extents;
 }
 
 /** A checkpoint name from the clock: `fleece-20250102T030405.678Z`. */
@@ -241,6 +247,8 @@ interface DiskPlan {
   disk: SourceDisk;
   level: DiskLevel;
   bitmapCheck?: BitmapCheckSummary;
+  /** An incremental's dirty ranges, aligned to sha blocks: the rest is what the bitmap calls clean. */
+  dirty?: { offset: number; length: number }[];
   exp: DiskExport;
   parent?: BackupRecord;
   source?: NbdSource;
@@ -342,6 +350,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         decision = decide();
       }
     }
+    emit({ type: 'level', level: decision.level, reason: decision.reason, incrementalFrom: decision.incrementalFrom, disks: decision.disks });
+    log.info({ vm, level: decision.level, reason: decision.reason }, 'backup level chosen');
     checkpointName = point.checkpoint;
     for (const warning of point.warnings) emit({ type: 'warning', message: warning });
 
@@ -367,45 +377,24 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         const blockSize = plan.parent.shaBlockSize ?? DEFAULT_SHA_BLOCK_SIZE;
         const aligned = alignRangesToBlocks(dirty, blockSize, exp.size);
         plan.extents = aligned.map((r) => ({ ...r, zero: false }));
-        if (verifyPercent > 0) {
-          const sample = await sampleCleanBlocks(repo, source, plan.parent, aligned, exp.size, blockSize, verifyPercent, random, limiter, inner.signal);
-          plan.bitmapCheck = {
-            checkpoint: level.checkpoint, percent: verifyPercent, blocks: sample.blocks, bytes: sample.bytes,
-            ...(sample.mismatch ? { mismatchOffset: sample.mismatch.offset } : {}),
-          };
-          if (sample.mismatch) {
-            const why = `the dirty bitmap of checkpoint ${level.checkpoint} on disk ${disk.target} missed a write: the block at offset ${sample.mismatch.offset} it calls clean `
-              + `differs from backup ${plan.parent.backupId} (found among ${sample.blocks} sampled blocks, --verify-bitmap ${verifyPercent})`;
-            log.warn({ vm, disk: disk.target, checkpoint: level.checkpoint, ...sample.mismatch }, 'a dirty bitmap missed a write; falling back to compare');
-            decision = fallBackToCompare(decision, disk.target, why);
-            plan.level = levelOf(disk.target);
-            emit({ type: 'warning', message: `${why}; disk ${disk.target} falls back to a compare backup (reads the whole disk)` });
-          }
-        }
+        plan.dirty = aligned;
       }
-      if (plan.level.level === 'compare') {
-        plan.parent = plan.level.parent;
-        plan.extents = [];
-        if (source.contexts.includes('base:allocation')) {
-          for await (const e of allocatedExtents(source, { signal: inner.signal })) plan.extents.push({ offset: e.offset, length: e.length, zero: e.zero });
-        } else {
-          plan.extents.push({ offset: 0, length: exp.size, zero: false });
-        }
-      } else if (plan.level.level === 'full') {
+      if (level.level === 'compare') {
+        plan.parent = level.parent;
+        plan.extents = await wholeDiskExtents(source, exp.size, inner.signal);
+      } else if (level.level === 'full') {
         for await (const e of allocatedExtents(source, { signal: inner.signal })) plan.extents.push({ offset: e.offset, length: e.length, zero: e.zero });
       }
       plan.bytesTotal = plan.extents.reduce((n, e) => n + (e.zero ? 0 : e.length), 0);
     }
-    emit({ type: 'level', level: decision.level, reason: decision.reason, incrementalFrom: decision.incrementalFrom, disks: decision.disks });
-    log.info({ vm, level: decision.level, reason: decision.reason }, 'backup level chosen');
-    const totalBytes = plans.reduce((n, p) => n + p.bytesTotal, 0);
+    let totalBytes = plans.reduce((n, p) => n + p.bytesTotal, 0);
     let totalDone = 0;
     emit({ type: 'started', checkpoint: checkpointName, groupId, disks: plans.map((p) => ({ disk: p.disk.target, bytesTotal: p.bytesTotal })) });
     for (const p of plans) hooks.onProgress?.({ disk: p.disk.target, bytesDone: 0, bytesTotal: p.bytesTotal, totalDone: 0, totalBytes });
 
     // 5. Read every disk into its writer; a disk is durable once its writer finished (its _metadata written).
     await runLimited(plans, parallel, async (plan) => {
-      const { disk, exp, source, level, bitmapCheck } = plan;
+      const { disk, exp, source } = plan;
       const backupId = randomUUID();
       if (options.journal && typeof options.repo === 'string') {
         journaled.push(await options.journal.record({ kind: 'repository-backup', repo: options.repo, backupId }));
@@ -416,16 +405,43 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         disk: disk.target,
         volumeId: volumeIdFor(vm, disk.target),
         size: exp.size,
-        ...(plan.parent ? { parent: plan.parent.backupId, mode: level.level === 'compare' ? 'compare' as const : 'changed-extents' as const } : { mode: 'full' as const }),
+        ...(plan.parent ? { parent: plan.parent.backupId, mode: plan.level.level === 'compare' ? 'compare' as const : 'changed-extents' as const } : { mode: 'full' as const }),
         ...(options.compression ? { compression: options.compression } : {}),
         ...(checkpointName ? { checkpoint: checkpointName } : {}),
-        ...(level.level === 'incremental' ? { incrementalFrom: level.checkpoint } : {}),
+        ...(plan.level.level === 'incremental' ? { incrementalFrom: plan.level.checkpoint } : {}),
         ...(inspection.guestConfig ? { guestConfig: inspection.guestConfig } : {}),
         groupId,
         signal: inner.signal,
       });
       writers.add(writer);
       try {
+        if (plan.level.level === 'incremental' && plan.dirty && verifyPercent > 0) {
+          // Bitmap distrust: a sample of the blocks the bitmap calls clean against the parent's sha256s (which the
+          // writer has just loaded); a difference makes this disk a compare backup, in the same point in time.
+          const { checkpoint } = plan.level;
+          const started = performance.now();
+          const sample = await sampleCleanBlocks(source!, writer, plan.dirty, exp.size, verifyPercent, random, limiter, inner.signal);
+          plan.bitmapCheck = {
+            checkpoint, percent: verifyPercent, blocks: sample.blocks, bytes: sample.bytes, durationMs: Math.round(performance.now() - started),
+            ...(sample.mismatch ? { mismatchOffset: sample.mismatch.offset } : {}),
+          };
+          log.debug({ vm, disk: disk.target, ...plan.bitmapCheck }, 'bitmap sample checked');
+          if (sample.mismatch) {
+            const why = `the dirty bitmap of checkpoint ${checkpoint} on disk ${disk.target} missed a write: the block at offset ${sample.mismatch.offset} it calls clean `
+              + `differs from backup ${plan.parent!.backupId} (found among ${sample.blocks} sampled blocks, --verify-bitmap ${verifyPercent})`;
+            log.warn({ vm, disk: disk.target, checkpoint, ...sample.mismatch }, 'a dirty bitmap missed a write; falling back to compare');
+            writer.switchToCompare();
+            decision = fallBackToCompare(decision, disk.target, why);
+            plan.level = levelOf(disk.target);
+            plan.extents = await wholeDiskExtents(source!, exp.size, inner.signal);
+            const bytesTotal = plan.extents.reduce((n, e) => n + (e.zero ? 0 : e.length), 0);
+            totalBytes += bytesTotal - plan.bytesTotal;
+            plan.bytesTotal = bytesTotal;
+            emit({ type: 'warning', message: `${why}; disk ${disk.target} falls back to a compare backup (reads the whole disk)` });
+            hooks.onProgress?.({ disk: disk.target, bytesDone: plan.bytesDone, bytesTotal, totalDone, totalBytes });
+          }
+        }
+        const { level, bitmapCheck } = plan;
         const zeros = plan.extents.filter((e) => e.zero);
         let z = 0;
         const data = plan.extents.filter((e) => !e.zero);
