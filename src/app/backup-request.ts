@@ -34,12 +34,14 @@ export interface BackupRequest {
    * provider backup, overlay for a repository backup.
    */
   fleecing?: 'cbw' | 'overlay';
+  /** Percent of the blocks a dirty bitmap calls clean to hash against the parent (0 to 100; default 0.5, 0 disables). */
+  verifyBitmap?: number;
 }
 
 const FIELDS: Record<keyof BackupRequest, 'string' | 'number' | 'boolean' | 'string[]'> = {
   vm: 'string', repo: 'string', provider: 'string', qmp: 'string', guestAgent: 'string', connect: 'string', level: 'string', disks: 'string[]',
   compression: 'string', bandwidth: 'number', parallel: 'number', connections: 'number', quiesce: 'string', trim: 'boolean',
-  scratchDir: 'string', checkpoint: 'string', fleecing: 'string',
+  scratchDir: 'string', checkpoint: 'string', fleecing: 'string', verifyBitmap: 'number',
 };
 const CHOICES: Partial<Record<keyof BackupRequest, readonly string[]>> = {
   level: ['auto', 'full', 'incremental'],
@@ -71,7 +73,9 @@ export function checkBackupRequest(input: unknown): BackupRequest {
     if (key !== 'repo' && PATHS.includes(key as keyof BackupRequest) && !(value as string).startsWith('/')) {
       throw new InvalidInputError(`field '${key}' must be an absolute path, not '${String(value)}'`);
     }
-    if (type === 'number' && !(Number.isSafeInteger(value) && (value as number) > 0)) {
+    if (key === 'verifyBitmap') {
+      if (!((value as number) >= 0 && (value as number) <= 100)) throw new InvalidInputError(`field 'verifyBitmap' must be a percentage from 0 to 100, not ${String(value)}`, { hint: '0 trusts the bitmap, 100 hashes every clean block' });
+    } else if (type === 'number' && !(Number.isSafeInteger(value) && (value as number) > 0)) {
       throw new InvalidInputError(`field '${key}' must be a positive integer, not ${String(value)}`);
     }
   }

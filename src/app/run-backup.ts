@@ -49,6 +49,7 @@ export async function runBackup(
         ...(request.trim ? { trim: true } : {}),
         ...(request.quiesce ? { quiesce: request.quiesce } : {}),
         ...(request.checkpoint ? { checkpointName: request.checkpoint } : {}),
+        ...(request.verifyBitmap !== undefined ? { verifyBitmap: request.verifyBitmap } : {}),
       },
       hooks,
     );

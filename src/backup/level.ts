@@ -1,6 +1,8 @@
 // Chooses the level of a repository backup, disk by disk (pure): each disk is incremental since the newest valid
 // checkpoint that has a complete backup of that disk in this repository, full otherwise, always with the reason.
-// One disk's broken chain makes that disk full; the others stay incremental, in the same point in time.
+// One disk's broken chain makes that disk full; the others stay incremental, in the same point in time. A disk that
+// cannot hold a bitmap (raw) but has a previous backup gets a compare incremental: read everything, store what differs
+// by sha256 from that backup (as Cinder's own incremental does); so does a disk whose bitmap a sample proved wrong.
 import type { CheckpointCheck } from '../checkpoint/manager.js';
 import { checkpointBitmaps, type Checkpoint } from '../checkpoint/model.js';
 import type { BackupRecord } from '../repository/index.js';
@@ -38,10 +40,17 @@ export type DiskLevel =
       checkpoint: string;
       /** The backup of this disk in this repository that ended at `checkpoint`. */
       parent: BackupRecord;
+    }
+  | {
+      target: string;
+      level: 'compare';
+      reason: string;
+      /** The backup of this disk whose sha256s the new one is compared with. */
+      parent: BackupRecord;
     };
 
 export interface LevelDecision {
-  /** `incremental` when at least one disk is; `full` when every disk is full. */
+  /** `incremental` when at least one disk is incremental or compare; `full` when every disk is full. */
   level: 'full' | 'incremental';
   /** One reason when every disk has the same, else `vda: …; vdb: …`. */
   reason: string;
@@ -80,17 +89,33 @@ export function chooseBackupLevel(input: LevelInput): LevelDecision {
 function combineReasons(disks: readonly DiskLevel[]): string {
   const reasons = new Set(disks.map((d) => d.reason));
   if (reasons.size === 1) return disks[0]!.reason;
-  return disks.map((d) => `${d.target}: ${d.level === 'full' ? 'full, ' : ''}${d.reason}`).join('; ');
+  return disks.map((d) => `${d.target}: ${d.level === 'incremental' ? '' : `${d.level}, `}${d.reason}`).join('; ');
+}
+
+/**
+ * The decision with disk `target` (an incremental) turned into a compare incremental against the same parent, `why`
+ * saying what proved its bitmap wrong. Disks that stay incremental keep their checkpoint.
+ */
+export function fallBackToCompare(decision: LevelDecision, target: string, why: string): LevelDecision {
+  const disks = decision.disks.map((d): DiskLevel => (d.target === target && d.level === 'incremental'
+    ? { target, level: 'compare', reason: `${why}: compare incremental against backup ${d.parent.backupId} (everything read, what differs stored)`, parent: d.parent }
+    : d));
+  const froms = [...new Set(disks.flatMap((d) => (d.level === 'incremental' ? [d.checkpoint] : [])))];
+  return { ...decision, reason: combineReasons(disks), incrementalFrom: froms.length === 1 ? froms[0]! : null, disks };
 }
 
 function decideDisk({ vm, requested, checkpoints, checks, records }: LevelInput, disk: LevelDisk): DiskLevel {
   const full = (reason: string): DiskLevel => ({ target: disk.target, level: 'full', reason });
   if (requested === 'full') return full('--full was given');
-  if (disk.format !== 'qcow2') return full(`disk ${disk.target} (${disk.format}) cannot hold checkpoint bitmaps (only qcow2 can)`);
+  const noBitmaps = `disk ${disk.target} (${disk.format}) cannot hold checkpoint bitmaps (only qcow2 can)`;
   const ofVm = records.filter((r) => r.vm === vm && r.disk !== undefined);
-  if (ofVm.length === 0) return full(`this repository has no backup of VM '${vm}' yet`);
+  if (ofVm.length === 0) return full(disk.format !== 'qcow2' ? noBitmaps : `this repository has no backup of VM '${vm}' yet`);
   const mine = ofVm.filter((r) => r.disk === disk.target).sort(newestFirst);
-  if (mine.length === 0) return full(`this repository has no backup of disk ${disk.target} of VM '${vm}' yet`);
+  if (mine.length === 0) return full(disk.format !== 'qcow2' ? noBitmaps : `this repository has no backup of disk ${disk.target} of VM '${vm}' yet`);
+  if (disk.format !== 'qcow2') {
+    const parent = mine[0]!;
+    return { target: disk.target, level: 'compare', reason: `${noBitmaps}: compare incremental against backup ${parent.backupId} (everything read, what differs stored)`, parent };
+  }
 
   // Newest first: creation time (whole seconds), ties broken by the newest backup that ended at the checkpoint.
   const lastBackup = (name: string) => mine.find((r) => r.checkpoint === name)?.createdAt ?? '';

@@ -25,7 +25,11 @@ import { AbortedError, InvalidInputError, throwIfAborted } from '../util/errors.
 import { getLogger } from '../util/logger.js';
 import { CheckpointBitmapInvalidError, type ControlPlane, type DiskExport, type PointInTime, type QuiesceMode, type SourceDisk } from './control/control-plane.js';
 import type { CheckpointCheck } from '../checkpoint/manager.js';
-import { chooseBackupLevel, type DiskLevel, type LevelDecision, type RequestedLevel } from './level.js';
+import { chooseBackupLevel, fallBackToCompare, type DiskLevel, type LevelDecision, type RequestedLevel } from './level.js';
+import {
+  DEFAULT_VERIFY_BITMAP_PERCENT, checkVerifyPercent, cleanBlockRuns, compareSample, runsToRanges, sampleBlocks, systemRandom,
+  type Random, type SampleResult,
+} from './bitmap-sample.js';
 import type { BackupJournal } from './journal.js';
 import { volumeIdFor } from './volume-id.js';
 
@@ -60,6 +64,14 @@ export interface RepositoryBackupOptions {
   checkpointName?: string;
   /** Every effect of the backup is journaled here first (so that a killed process is cleaned up after). */
   journal?: BackupJournal;
+  /**
+   * Percent of the blocks a dirty bitmap calls clean that an incremental reads and compares with the parent's
+   * sha256s (bitmap-sample.ts); any difference makes that disk a compare incremental. 0 trusts the bitmap. Default
+   * DEFAULT_VERIFY_BITMAP_PERCENT.
+   */
+  verifyBitmap?: number;
+  /** Chooses the sampled blocks (tests: seededRandom); default seeded from the system's random source. */
+  random?: Random;
 }
 
 /** Progress: the disk that moved, its bytes, and the totals over all disks. */
@@ -85,14 +97,29 @@ export interface RepositoryBackupHooks {
 
 export interface DiskBackupSummary {
   disk: string;
-  level: 'full' | 'incremental';
+  /** compare: everything read, what differs by sha256 from the parent stored (no bitmap, or a bitmap proved wrong). */
+  level: 'full' | 'incremental' | 'compare';
   reason: string;
+  /** The sample of clean blocks hashed against the parent (disks that started as bitmap incrementals). */
+  bitmapCheck?: BitmapCheckSummary;
   backupId: string;
   parentId: string | null;
   bytesRead: number;
   bytesStored: number;
   objects: number;
   size: number;
+}
+
+export interface BitmapCheckSummary {
+  /** The checkpoint whose bitmap was checked. */
+  checkpoint: string;
+  percent: number;
+  blocks: number;
+  bytes: number;
+  /** Time spent on the check (the parent's sha256s and the sampled reads). */
+  durationMs: number;
+  /** Where the first clean block that differs from the parent starts (the disk then fell back to compare). */
+  mismatchOffset?: number;
 }
 
 /** What `fleece backup --json` prints. */
@@ -144,6 +171,34 @@ function markBitmapInvalid(checks: readonly CheckpointCheck[], error: Checkpoint
   });
 }
 
+/**
+ * Reads a random sample of the blocks the bitmap calls clean (outside `dirty`) and compares each with the sha256
+ * the parent's _sha256file holds for it, as `writer` inherited it (every backup's _sha256file lists every block).
+ * Throws NbdError, AbortedError.
+ */
+async function sampleCleanBlocks(
+  source: NbdSource, writer: BackupWriter, dirty: readonly { offset: number; length: number }[], size: number,
+  percent: number, random: Random, limiter: RateLimiter | undefined, signal: AbortSignal,
+): Promise<SampleResult> {
+  const blockSize = writer.shaBlockSize;
+  const ranges = runsToRanges(sampleBlocks(cleanBlockRuns(dirty, size, blockSize), percent, random), blockSize, size);
+  const pieces = async function* () {
+    for await (const piece of readExtents(source, ranges, { maxRequest: Math.max(blockSize, 1024 * 1024 - (1024 * 1024) % blockSize), concurrency: 4, signal })) {
+      if (limiter) await limiter.take(piece.length, signal);
+      yield piece;
+    }
+  };
+  return compareSample(pieces(), blockSize, (block) => writer.parentDigest(block));
+}
+
+/** What a compare backup reads: the allocated extents, or the whole disk when the export has no base:allocation. */
+async function wholeDiskExtents(source: NbdSource, size: number, signal: AbortSignal): Promise<DiskPlan['extents']> {
+  if (!source.contexts.includes('base:allocation')) return [{ offset: 0, length: size, zero: false }];
+  const extents: DiskPlan['extents'] = [];
+  for await (const e of allocatedExtents(source, { signal })) extents.push({ offset: e.offset, length: e.length, zero: e.zero });
+  return extents;
+}
+
 /** A checkpoint name from the clock: `fleece-20250102T030405.678Z`. */
 export function defaultCheckpointName(now = new Date()): string {
   return `fleece-${now.toISOString().replace(/[-:]/g, '')}`;
@@ -191,6 +246,9 @@ function selectDisks(vm: string, all: SourceDisk[], wanted: readonly string[] | 
 interface DiskPlan {
   disk: SourceDisk;
   level: DiskLevel;
+  bitmapCheck?: BitmapCheckSummary;
+  /** An incremental's dirty ranges, aligned to sha blocks: the rest is what the bitmap calls clean. */
+  dirty?: { offset: number; length: number }[];
   exp: DiskExport;
   parent?: BackupRecord;
   source?: NbdSource;
@@ -224,6 +282,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   if (options.bandwidth !== undefined && !(options.bandwidth > 0)) {
     throw new InvalidInputError(`--bandwidth ${options.bandwidth} is not a positive number of bytes per second`, { hint: 'e.g. --bandwidth 50M' });
   }
+  const verifyPercent = checkVerifyPercent(options.verifyBitmap ?? DEFAULT_VERIFY_BITMAP_PERCENT);
+  const random = options.random ?? systemRandom();
   const quiesce: QuiesceMode = options.quiesce === true ? 'yes' : options.quiesce === false || options.quiesce === undefined ? 'no' : options.quiesce;
   throwIfAborted(signal, `the backup of VM '${vm}'`);
   const repo = typeof options.repo === 'string' ? await openRepository(options.repo) : options.repo;
@@ -248,7 +308,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   if (!inspection.canCheckpoint) {
     emit({ type: 'warning', message: `VM '${vm}' is shut off: no new checkpoint can be made, so the next backup starts from the same checkpoint as this one` });
   } else if (bitmapDisks.length === 0) {
-    emit({ type: 'warning', message: `no disk of VM '${vm}' can hold a checkpoint bitmap (not qcow2): the next backup will be full too` });
+    emit({ type: 'warning', message: `no disk of VM '${vm}' can hold a checkpoint bitmap (not qcow2): the next backup reads every disk whole again (a compare incremental)` });
   }
   const groupId = randomUUID();
   const limiter = options.bandwidth !== undefined ? new RateLimiter(options.bandwidth) : undefined;
@@ -299,9 +359,11 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     for (const disk of disks) {
       const exp = point.exports.find((e) => e.disk === disk.target)!;
       const level = levelOf(disk.target);
+      // base:allocation too, for a compare backup should the bitmap prove wrong (every NBD server of QEMU has it).
+      const metaContexts = [...new Set([exp.context, 'base:allocation'])];
       const source = await NbdSource.open(
         exp.socket ? { socket: exp.socket, exportName: exp.exportName } : { uri: exp.uri },
-        { metaContexts: [exp.context], connections: options.connections ?? 2, ...(exp.tls ? { tls: exp.tls } : {}), signal: inner.signal },
+        { metaContexts, connections: options.connections ?? 2, ...(exp.tls ? { tls: exp.tls } : {}), signal: inner.signal },
       );
       if (options.trim && !source.canTrim) {
         emit({ type: 'warning', message: `the export of disk ${disk.target} cannot trim: its scratch image keeps what was read until the backup ends` });
@@ -313,20 +375,26 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         const dirty: { offset: number; length: number }[] = [];
         for await (const e of dirtyExtents(source, exp.context, { signal: inner.signal })) dirty.push({ offset: e.offset, length: e.length });
         const blockSize = plan.parent.shaBlockSize ?? DEFAULT_SHA_BLOCK_SIZE;
-        plan.extents = alignRangesToBlocks(dirty, blockSize, exp.size).map((r) => ({ ...r, zero: false }));
-      } else {
+        const aligned = alignRangesToBlocks(dirty, blockSize, exp.size);
+        plan.extents = aligned.map((r) => ({ ...r, zero: false }));
+        plan.dirty = aligned;
+      }
+      if (level.level === 'compare') {
+        plan.parent = level.parent;
+        plan.extents = await wholeDiskExtents(source, exp.size, inner.signal);
+      } else if (level.level === 'full') {
         for await (const e of allocatedExtents(source, { signal: inner.signal })) plan.extents.push({ offset: e.offset, length: e.length, zero: e.zero });
       }
       plan.bytesTotal = plan.extents.reduce((n, e) => n + (e.zero ? 0 : e.length), 0);
     }
-    const totalBytes = plans.reduce((n, p) => n + p.bytesTotal, 0);
+    let totalBytes = plans.reduce((n, p) => n + p.bytesTotal, 0);
     let totalDone = 0;
     emit({ type: 'started', checkpoint: checkpointName, groupId, disks: plans.map((p) => ({ disk: p.disk.target, bytesTotal: p.bytesTotal })) });
     for (const p of plans) hooks.onProgress?.({ disk: p.disk.target, bytesDone: 0, bytesTotal: p.bytesTotal, totalDone: 0, totalBytes });
 
     // 5. Read every disk into its writer; a disk is durable once its writer finished (its _metadata written).
     await runLimited(plans, parallel, async (plan) => {
-      const { disk, exp, source, level } = plan;
+      const { disk, exp, source } = plan;
       const backupId = randomUUID();
       if (options.journal && typeof options.repo === 'string') {
         journaled.push(await options.journal.record({ kind: 'repository-backup', repo: options.repo, backupId }));
@@ -337,16 +405,43 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         disk: disk.target,
         volumeId: volumeIdFor(vm, disk.target),
         size: exp.size,
-        ...(plan.parent ? { parent: plan.parent.backupId, mode: 'changed-extents' as const } : { mode: 'full' as const }),
+        ...(plan.parent ? { parent: plan.parent.backupId, mode: plan.level.level === 'compare' ? 'compare' as const : 'changed-extents' as const } : { mode: 'full' as const }),
         ...(options.compression ? { compression: options.compression } : {}),
         ...(checkpointName ? { checkpoint: checkpointName } : {}),
-        ...(level.level === 'incremental' ? { incrementalFrom: level.checkpoint } : {}),
+        ...(plan.level.level === 'incremental' ? { incrementalFrom: plan.level.checkpoint } : {}),
         ...(inspection.guestConfig ? { guestConfig: inspection.guestConfig } : {}),
         groupId,
         signal: inner.signal,
       });
       writers.add(writer);
       try {
+        if (plan.level.level === 'incremental' && plan.dirty && verifyPercent > 0) {
+          // Bitmap distrust: a sample of the blocks the bitmap calls clean against the parent's sha256s (which the
+          // writer has just loaded); a difference makes this disk a compare backup, in the same point in time.
+          const { checkpoint } = plan.level;
+          const started = performance.now();
+          const sample = await sampleCleanBlocks(source!, writer, plan.dirty, exp.size, verifyPercent, random, limiter, inner.signal);
+          plan.bitmapCheck = {
+            checkpoint, percent: verifyPercent, blocks: sample.blocks, bytes: sample.bytes, durationMs: Math.round(performance.now() - started),
+            ...(sample.mismatch ? { mismatchOffset: sample.mismatch.offset } : {}),
+          };
+          log.debug({ vm, disk: disk.target, ...plan.bitmapCheck }, 'bitmap sample checked');
+          if (sample.mismatch) {
+            const why = `the dirty bitmap of checkpoint ${checkpoint} on disk ${disk.target} missed a write: the block at offset ${sample.mismatch.offset} it calls clean `
+              + `differs from backup ${plan.parent!.backupId} (found among ${sample.blocks} sampled blocks, --verify-bitmap ${verifyPercent})`;
+            log.warn({ vm, disk: disk.target, checkpoint, ...sample.mismatch }, 'a dirty bitmap missed a write; falling back to compare');
+            writer.switchToCompare();
+            decision = fallBackToCompare(decision, disk.target, why);
+            plan.level = levelOf(disk.target);
+            plan.extents = await wholeDiskExtents(source!, exp.size, inner.signal);
+            const bytesTotal = plan.extents.reduce((n, e) => n + (e.zero ? 0 : e.length), 0);
+            totalBytes += bytesTotal - plan.bytesTotal;
+            plan.bytesTotal = bytesTotal;
+            emit({ type: 'warning', message: `${why}; disk ${disk.target} falls back to a compare backup (reads the whole disk)` });
+            hooks.onProgress?.({ disk: disk.target, bytesDone: plan.bytesDone, bytesTotal, totalDone, totalBytes });
+          }
+        }
+        const { level, bitmapCheck } = plan;
         const zeros = plan.extents.filter((e) => e.zero);
         let z = 0;
         const data = plan.extents.filter((e) => !e.zero);
@@ -372,7 +467,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         throwIfAborted(inner.signal, `the backup of disk ${disk.target} of VM '${vm}'`);
         const summary = await writer.finish();
         committed.push({
-          disk: disk.target, level: level.level, reason: level.reason, backupId: summary.backupId, parentId: summary.parentId,
+          disk: disk.target, level: level.level, reason: level.reason, ...(bitmapCheck ? { bitmapCheck } : {}), backupId: summary.backupId, parentId: summary.parentId,
           bytesRead: summary.bytesRead, bytesStored: summary.bytesStored, objects: summary.objects, size: exp.size,
         });
         emit({ type: 'disk-done', disk: disk.target, backupId: summary.backupId, bytesRead: summary.bytesRead, bytesStored: summary.bytesStored });

@@ -120,6 +120,7 @@ export const RepositoryBackupSchema = Type.Object({
   scratchDir: Type.Optional(Type.String({ minLength: 1, pattern: '^/' })),
   checkpoint: Type.Optional(Type.String({ minLength: 1 })),
   fleecing: Type.Optional(Type.Union([Type.Literal('cbw'), Type.Literal('overlay')], { description: 'bare QEMU: copy-before-write + snapshot-access (QEMU >= 7.1) or the scratch overlay' })),
+  verifyBitmap: Type.Optional(Type.Number({ minimum: 0, maximum: 100, description: 'percent of the clean blocks of a dirty bitmap hashed against the parent; a mismatch makes that disk a compare backup' })),
 }, { additionalProperties: false });
 export type RepositoryBackupBody = Static<typeof RepositoryBackupSchema>;
 

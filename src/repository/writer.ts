@@ -144,7 +144,7 @@ export class BackupWriter {
   private readonly chunkBlocks: number;
   private readonly codec: Compression;
   private readonly level: number;
-  private readonly mode: BackupMode;
+  private mode: BackupMode;
   private readonly digests: DigestTable;
   private readonly inheritBlocks: number;
   private readonly zeroFull: Buffer;
@@ -378,6 +378,42 @@ export class BackupWriter {
       if (seg.filledEnd === segStart + seg.buf.length) await this.flush();
     }
     if (whole) this.keepSpare(whole);
+  }
+
+  /** Bytes per sha block (one digest of the _sha256file each). */
+  get shaBlockSize(): number {
+    return this.bs;
+  }
+
+  /**
+   * The parent's sha256 of `block` as this incremental inherited it (the whole chain resolved), before the first
+   * write: what bitmap distrust compares a clean block with, without loading the parent's _sha256file twice.
+   * Throws InvalidInputError (no parent, block out of range), ConflictError (after a write).
+   */
+  parentDigest(block: number): Buffer {
+    if (!this.options.parent) throw new InvalidInputError(`backup ${this.backupId} has no parent`);
+    this.checkUnwritten('read its parent\'s digests');
+    if (!Number.isSafeInteger(block) || block < 0 || block >= this.blocks) throw new InvalidInputError(`block ${block} is outside the disk (${this.blocks} blocks)`);
+    return this.digests.get(block);
+  }
+
+  /**
+   * Turns a changed-extents incremental into a compare one (read everything, store what differs from the parent)
+   * before its first write: the dirty bitmap was proved wrong. Throws ConflictError after a write or when the
+   * parent's size differs (changed-extents never started then).
+   */
+  switchToCompare(): void {
+    this.check();
+    if (this.mode === 'compare') return;
+    if (this.mode !== 'changed-extents') throw new ConflictError(`backup ${this.backupId} is a ${this.mode} backup, not an incremental`);
+    this.checkUnwritten('become a compare backup');
+    this.mode = 'compare';
+  }
+
+  private checkUnwritten(what: string): void {
+    if (this.cursor > 0 || this.seg || this.inFlight > 0 || this.entries.length > 0 || this.bytesRead > 0) {
+      throw new ConflictError(`backup ${this.backupId} cannot ${what} once data was written`, { hint: 'do it before the first write()' });
+    }
   }
 
   /**

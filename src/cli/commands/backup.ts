@@ -1,6 +1,6 @@
 // `fleece backup VM --repo DIR`: the main job (see src/app/backup-to-repository.ts), with progress and a summary.
 import { resolve } from 'node:path';
-import { Option, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import type { RepositoryBackupSummary } from '../../app/backup-to-repository.js';
 import { checkBackupRequest, type BackupRequest } from '../../app/backup-request.js';
 import { repoLocation } from '../../app/repo-location.js';
@@ -32,6 +32,14 @@ interface BackupFlags {
   scratchDir?: string;
   checkpoint?: string;
   fleecing?: 'cbw' | 'overlay';
+  verifyBitmap?: number;
+}
+
+/** `--verify-bitmap 0.5`, `--verify-bitmap 100%`: a percentage from 0 to 100. */
+function parsePercent(text: string): number {
+  const n = Number(text.replace(/%$/, ''));
+  if (text.trim() === '' || !Number.isFinite(n) || n < 0 || n > 100) throw new InvalidArgumentError(`'${text}' is not a percentage from 0 to 100`);
+  return n;
 }
 
 /** The one backup request from the command's flags (the daemon builds the same from its API body). */
@@ -55,12 +63,13 @@ export function requestFromFlags(vm: string, flags: BackupFlags): BackupRequest 
     ...(flags.scratchDir ? { scratchDir: resolve(flags.scratchDir) } : {}),
     ...(flags.checkpoint ? { checkpoint: flags.checkpoint } : {}),
     ...(flags.fleecing ? { fleecing: flags.fleecing } : {}),
+    ...(flags.verifyBitmap !== undefined ? { verifyBitmap: flags.verifyBitmap } : {}),
   });
 }
 
 function printSummary(ctx: CliContext, s: RepositoryBackupSummary): void {
   for (const d of s.disks) {
-    const kind = d.parentId ? `incremental on ${d.parentId}` : 'full';
+    const kind = d.parentId ? `${d.level ?? 'incremental'} on ${d.parentId}` : 'full';
     ctx.print(`${s.vm} ${d.disk}: backup ${d.backupId} (${kind}), ${formatBytes(d.bytesRead)} read, ${formatBytes(d.bytesStored)} stored in ${d.objects} objects`);
   }
   ctx.info(`${s.level} backup of VM '${s.vm}' done in ${(s.durationMs / 1000).toFixed(1)} s: group ${s.groupId}, checkpoint ${s.checkpoint ?? '(none)'}`);
@@ -88,6 +97,7 @@ export function registerBackupCommand(program: Command, context: () => CliContex
     .option('--scratch-dir <dir>', 'where fleecing scratch images go (default <state-dir>/scratch)')
     .option('--checkpoint <name>', 'name of the new checkpoint (default fleece-<UTC time>)')
     .addOption(new Option('--fleecing <mode>', 'bare QEMU: cbw (copy-before-write + snapshot-access, QEMU >= 7.1; discards free the scratch) or overlay (default for --repo; --provider uses cbw where QEMU allows it)').choices(['cbw', 'overlay']))
+    .option('--verify-bitmap <pct>', 'hash this percent of the blocks the dirty bitmap calls clean against the parent; a mismatch makes that disk a compare backup (default 0.5, 0 trusts the bitmap)', parsePercent)
     .addHelpText('after', `
 The level is chosen per disk unless --full or --incremental is given: incremental since the newest checkpoint
 that has a complete backup of that disk in this repository and whose bitmap is valid, full otherwise; the

@@ -1,6 +1,6 @@
 // chooseBackupLevel: per disk, incremental since the newest valid checkpoint with a complete backup of that disk, else full with the reason.
 import { describe, expect, test } from '@jest/globals';
-import { chooseBackupLevel, type LevelInput } from '../../../src/backup/level.js';
+import { chooseBackupLevel, fallBackToCompare, type LevelInput } from '../../../src/backup/level.js';
 import type { CheckpointCheck } from '../../../src/checkpoint/manager.js';
 import type { Checkpoint } from '../../../src/checkpoint/model.js';
 import type { BackupRecord } from '../../../src/repository/index.js';
@@ -90,7 +90,7 @@ describe('chooseBackupLevel', () => {
     expect(() => chooseBackupLevel({ ...input, requested: 'incremental' })).toThrow(/cannot take an incremental backup of VM 'vm1': checkpoint cp1.*no longer exists.*run without --incremental/);
   });
 
-  test('full when a disk was resized, is not covered by the checkpoint, or is raw', () => {
+  test('full when a disk was resized, is not covered by the checkpoint, or is raw with no backup yet', () => {
     const records = [rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00', 8 * MiB), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00')];
     expect(chooseBackupLevel(base({ checkpoints: [cp('cp1', 1)], checks: [ok('cp1')], records })).disks[0]!.reason)
       .toBe(`disk vda (${8 * MiB} → ${16 * MiB} bytes) changed size since checkpoint cp1`);
@@ -118,4 +118,44 @@ test('checkpoints made in the same second are ordered by their backups', () => {
   expect(d.incrementalFrom).toBe('cpB');
   const reversed = chooseBackupLevel(base({ disks: [disks[0]!], checkpoints: [cp('cpA', 5, ['vda']), cp('cpB', 5, ['vda'])], checks: [ok('cpA', ['vda']), ok('cpB', ['vda'])], records }));
   expect(reversed.incrementalFrom).toBe('cpB');
+});
+
+describe('compare incrementals', () => {
+  test('a raw disk with a previous backup is a compare incremental against the newest one; --incremental accepts it; --full wins', () => {
+    const raw = [{ target: 'hda', virtualSize: MiB, format: 'raw' }];
+    const records = [rec('h1', 'hda', 'cp1', '2025-01-01 00:00:00', MiB), rec('h2', 'hda', 'cp2', '2025-01-02 00:00:00', MiB)];
+    const d = chooseBackupLevel(base({ disks: raw, records }));
+    expect(d.level).toBe('incremental');
+    expect(d.incrementalFrom).toBeNull();
+    const hda = d.disks[0]!;
+    expect(hda.level).toBe('compare');
+    expect(hda.level === 'compare' && hda.parent.backupId).toBe('h2');
+    expect(d.reason).toBe('disk hda (raw) cannot hold checkpoint bitmaps (only qcow2 can): compare incremental against backup h2 (everything read, what differs stored)');
+    expect(chooseBackupLevel(base({ disks: raw, records, requested: 'incremental' })).disks[0]!.level).toBe('compare');
+    expect(chooseBackupLevel(base({ disks: raw, records, requested: 'full' })).disks[0]!.level).toBe('full');
+  });
+
+  test('a qcow2 disk and a raw disk: incremental and compare in one decision, each with its reason', () => {
+    const mixed = [disks[0]!, { target: 'vdb', virtualSize: 8 * MiB, format: 'raw' }];
+    const records = [rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00'), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00')];
+    const d = chooseBackupLevel(base({ disks: mixed, checkpoints: [cp('cp1', 1, ['vda'])], checks: [ok('cp1', ['vda'])], records }));
+    expect(d.disks.map((x) => x.level)).toEqual(['incremental', 'compare']);
+    expect(d.incrementalFrom).toBe('cp1');
+    expect(d.reason).toMatch(/^vda: incremental since checkpoint cp1.*; vdb: compare, disk vdb \(raw\) cannot hold/);
+  });
+
+  test('fallBackToCompare: the disk whose bitmap was proved wrong becomes compare against the same parent; the others stay', () => {
+    const records = [rec('a1', 'vda', 'cp1', '2025-01-01 00:00:00'), rec('b1', 'vdb', 'cp1', '2025-01-01 00:00:00')];
+    const d = chooseBackupLevel(base({ checkpoints: [cp('cp1', 1)], checks: [ok('cp1')], records }));
+    const f = fallBackToCompare(d, 'vda', 'the bitmap missed a write');
+    expect(f.disks.map((x) => x.level)).toEqual(['compare', 'incremental']);
+    expect(f.disks[0]!.level === 'compare' && f.disks[0]!.parent.backupId).toBe('a1');
+    expect(f.disks[0]!.reason).toBe('the bitmap missed a write: compare incremental against backup a1 (everything read, what differs stored)');
+    expect(f.level).toBe('incremental');
+    expect(f.incrementalFrom).toBe('cp1');
+    expect(f.reason).toMatch(/^vda: compare, the bitmap missed a write.*; vdb: incremental since checkpoint cp1/);
+    const both = fallBackToCompare(f, 'vdb', 'again');
+    expect(both.incrementalFrom).toBeNull();
+    expect(d.disks[0]!.level).toBe('incremental'); // the original decision is unchanged
+  });
 });

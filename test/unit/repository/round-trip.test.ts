@@ -118,6 +118,31 @@ describe('incremental backups round trip', () => {
     expect(sha(await restore(repo, inc.backupId, size))).toBe(sha(m1.disk));
   });
 
+  it('an incremental turned compare before its first write (a bitmap proved wrong): parent digests, then only what differs', async () => {
+    const repo = await openRepository(new MemoryObjectStore());
+    const d0 = mixedDisk(size, 21);
+    const full = await backup(repo, allocatedExtents(d0), { volumeId: 'vol', size });
+    const parentDigests = (await repo.readSha256(full.backupId)).digests;
+    const m1 = mutate(d0, 4, 16);
+    const writer = await repo.startBackup({ volumeId: 'vol', size, parent: full.backupId, mode: 'changed-extents', workers: 2, compression: 'none' });
+    const blocks = Math.ceil(size / BS);
+    for (const b of [0, 7, blocks - 1]) expect(writer.parentDigest(b)).toEqual(parentDigests.subarray(b * 32, b * 32 + 32));
+    expect(() => writer.parentDigest(blocks)).toThrow(/outside the disk/);
+    writer.switchToCompare();
+    for (const e of allocatedExtents(m1.disk)) await writer.write(e);
+    expect(() => writer.parentDigest(0)).toThrow(/once data was written/);
+    expect(() => writer.switchToCompare()).not.toThrow(); // already compare
+    const inc = await writer.finish();
+    expect(inc.bytesChanged).toBeLessThanOrEqual(alignRangesToBlocks(m1.dirty, BS, size).reduce((n, r) => n + r.length, 0));
+    expect(sha(await restore(repo, inc.backupId, size))).toBe(sha(m1.disk));
+    expect((await repo.get(inc.backupId)).parentId).toBe(full.backupId);
+
+    const late = await repo.startBackup({ volumeId: 'vol', size, parent: inc.backupId, mode: 'changed-extents', workers: 1 });
+    await late.write({ offset: 0, length: BS, data: Buffer.alloc(BS, 1) });
+    expect(() => late.switchToCompare()).toThrow(/once data was written/);
+    await late.abort();
+  });
+
   it('refuses a different sha block size and a missing mode', async () => {
     const repo = await openRepository(new MemoryObjectStore());
     const full = await backup(repo, [], { volumeId: 'vol', size: 1 << 20 });
