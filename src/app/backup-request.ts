@@ -28,12 +28,16 @@ export interface BackupRequest {
   scratchDir?: string;
   /** The new checkpoint's name. */
   checkpoint?: string;
+  /** After the backup, keep at most this many checkpoints with a backup behind them per disk (default 3). */
+  keepCheckpoints?: number;
+  /** False: leave the VM's checkpoints alone after the backup (e.g. when other repositories use them). */
+  pruneCheckpoints?: boolean;
 }
 
 const FIELDS: Record<keyof BackupRequest, 'string' | 'number' | 'boolean' | 'string[]'> = {
   vm: 'string', repo: 'string', provider: 'string', qmp: 'string', guestAgent: 'string', connect: 'string', level: 'string', disks: 'string[]',
   compression: 'string', bandwidth: 'number', parallel: 'number', connections: 'number', quiesce: 'string', trim: 'boolean',
-  scratchDir: 'string', checkpoint: 'string',
+  scratchDir: 'string', checkpoint: 'string', keepCheckpoints: 'number', pruneCheckpoints: 'boolean',
 };
 const CHOICES: Partial<Record<keyof BackupRequest, readonly string[]>> = {
   level: ['auto', 'full', 'incremental'],

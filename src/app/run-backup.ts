@@ -3,6 +3,7 @@
 import { backupVmToRepository, type RepositoryBackupHooks, type RepositoryBackupSummary } from '../backup/repository-backup.js';
 import { BackupJournal } from '../backup/journal.js';
 import { repositoryOf, type BackupRequest } from './backup-request.js';
+import { pruneVmCheckpoints } from './checkpoint-retention.js';
 import { describeReconcile, reconcileVm } from './reconcile.js';
 import { openControlPlane, type PlaneEnvironment } from './open-control-plane.js';
 import { VmRegistry, validateVmName, type VmEntry } from './vm-registry.js';
@@ -22,7 +23,7 @@ export async function runBackup(
   request: BackupRequest,
   env: PlaneEnvironment,
   hooks: RepositoryBackupHooks = {},
-): Promise<RepositoryBackupSummary> {
+): Promise<RepositoryBackupSummary & { checkpointsDeleted?: string[] }> {
   // First whatever an interrupted backup of this VM left, then take the VM for this process.
   const report = await reconcileVm(entry.name, { stateDir: env.stateDir, ...(env.qmp ? { qmp: env.qmp.qmp } : {}) });
   if (report) hooks.onEvent?.({ type: 'warning', message: describeReconcile(report) });
@@ -53,7 +54,16 @@ export async function runBackup(
       hooks,
     );
     if (report) summary.warnings.unshift(describeReconcile(report));
-    return summary;
+    // The backup is complete whatever happens now: the checkpoints nothing here needs any more go (warnings only).
+    if (request.pruneCheckpoints === false) return summary;
+    const retention = await pruneVmCheckpoints(plane, repositoryOf(request), {
+      ...(request.keepCheckpoints !== undefined ? { keep: request.keepCheckpoints } : {}), ...(hooks.signal ? { signal: hooks.signal } : {}),
+    });
+    for (const message of retention.warnings) {
+      summary.warnings.push(message);
+      hooks.onEvent?.({ type: 'warning', message });
+    }
+    return { ...summary, checkpointsDeleted: retention.deleted };
   } finally {
     await plane.close();
     await journal.end();

@@ -101,8 +101,19 @@ export interface ControlPlane {
    * the control plane's errors; on any throw nothing of the attempt stays.
    */
   begin(request: BeginRequest): Promise<PointInTime>;
+  /**
+   * Deletes checkpoints (their bitmaps on every disk and their metadata), one after the other. Never throws for one
+   * checkpoint: each is deleted or skipped with why (a shut-off VM's, the hypervisor refused).
+   */
+  deleteCheckpoints(names: readonly string[], options?: { signal?: AbortSignal }): Promise<CheckpointDeletion>;
   /** Releases connections the control plane opened itself. Never throws. */
   close(): Promise<void>;
+}
+
+/** What deleteCheckpoints did. */
+export interface CheckpointDeletion {
+  deleted: string[];
+  skipped: { name: string; reason: string }[];
 }
 
 /**

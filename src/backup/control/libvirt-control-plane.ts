@@ -20,7 +20,7 @@ import { escapeXml, parseCheckpointXml } from '../../checkpoint/checkpoint-xml.j
 import { checkpointBitmaps, type Checkpoint } from '../../checkpoint/model.js';
 import { ConflictError, InvalidInputError, describeError } from '../../util/errors.js';
 import { getLogger } from '../../util/logger.js';
-import { CheckpointBitmapInvalidError, type BeginRequest, type ControlPlane, type DiskExport, type Inspection, type PointInTime, type SourceDisk } from './control-plane.js';
+import { CheckpointBitmapInvalidError, type BeginRequest, type CheckpointDeletion, type ControlPlane, type DiskExport, type Inspection, type PointInTime, type SourceDisk } from './control-plane.js';
 import { domainDisks } from './libvirt-domain-disks.js';
 
 const log = getLogger('backup.libvirt');
@@ -320,6 +320,20 @@ export class LibvirtControlPlane implements ControlPlane {
         if (removed) await forget();
       },
     };
+  }
+
+  /** virDomainCheckpointDelete of each (libvirt removes the bitmaps from every disk and its metadata). */
+  async deleteCheckpoints(names: readonly string[]): Promise<CheckpointDeletion> {
+    const result: CheckpointDeletion = { deleted: [], skipped: [] };
+    for (const name of names) {
+      try {
+        await this.options.conn.checkpointDelete(this.vm, name);
+        result.deleted.push(name);
+      } catch (error) {
+        result.skipped.push({ name, reason: error instanceof LibvirtError ? error.libvirtMessage : describeError(error) });
+      }
+    }
+    return result;
   }
 
   async close(): Promise<void> {

@@ -29,7 +29,7 @@ import { AbortedError, ConflictError, InvalidInputError, describeError, throwIfA
 import { getLogger } from '../../util/logger.js';
 import { newJobTag } from '../begin-backup.js';
 import { processStartTime } from '../journal.js';
-import type { BeginRequest, ControlPlane, DiskExport, GuestConfig, Inspection, PointInTime } from './control-plane.js';
+import type { BeginRequest, CheckpointDeletion, ControlPlane, DiskExport, GuestConfig, Inspection, PointInTime } from './control-plane.js';
 import { checkImageCheckpoints, queryImageInfo } from './offline-images.js';
 import { StorageDaemonError, startStorageDaemon, type StorageDaemon } from './storage-daemon.js';
 
@@ -243,6 +243,15 @@ export class OfflineControlPlane implements ControlPlane {
       }
       throw error;
     }
+  }
+
+  /**
+   * Deletes nothing: the checkpoints' metadata is libvirt's, and removing their bitmaps from the images with qemu-img
+   * behind its back would leave that metadata lying. The next backup of the running VM deletes them through libvirt.
+   */
+  async deleteCheckpoints(names: readonly string[]): Promise<CheckpointDeletion> {
+    const reason = `VM '${this.vm}' is shut off: fleece deletes checkpoints through the running domain only; the next backup of the running VM does`;
+    return { deleted: [], skipped: names.map((name) => ({ name, reason })) };
   }
 
   /** Aborts every point in time still exported. Never throws. */

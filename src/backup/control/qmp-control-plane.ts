@@ -10,7 +10,7 @@ import type { BackupRegistry } from '../backup-registry.js';
 import { newJobTag } from '../begin-backup.js';
 import { startCbwFleecing } from '../fleecing-cbw.js';
 import { startPullBackup } from '../pull-backup.js';
-import type { BeginRequest, ControlPlane, Inspection, PointInTime } from './control-plane.js';
+import type { BeginRequest, CheckpointDeletion, ControlPlane, Inspection, PointInTime } from './control-plane.js';
 
 export interface QmpControlPlaneOptions {
   vm: string;
@@ -221,6 +221,20 @@ export class QmpControlPlane implements ControlPlane {
         if (journalId !== undefined) await journal?.clear(journalId).catch(() => undefined);
       },
     };
+  }
+
+  /** Through the checkpoint manager: one transaction removing a checkpoint's bitmaps, then its metadata. */
+  async deleteCheckpoints(names: readonly string[], options: { signal?: AbortSignal } = {}): Promise<CheckpointDeletion> {
+    const result: CheckpointDeletion = { deleted: [], skipped: [] };
+    for (const name of names) {
+      try {
+        await this.options.checkpoints.delete(name, options.signal ? { signal: options.signal } : {});
+        result.deleted.push(name);
+      } catch (error) {
+        result.skipped.push({ name, reason: describeError(error) });
+      }
+    }
+    return result;
   }
 
   async close(): Promise<void> {

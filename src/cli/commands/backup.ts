@@ -30,6 +30,8 @@ interface BackupFlags {
   trim?: boolean;
   scratchDir?: string;
   checkpoint?: string;
+  keepCheckpoints?: number;
+  pruneCheckpoints?: boolean;
 }
 
 /** The one backup request from the command's flags (the daemon builds the same from its API body). */
@@ -52,14 +54,17 @@ export function requestFromFlags(vm: string, flags: BackupFlags): BackupRequest 
     ...(flags.trim ? { trim: true } : {}),
     ...(flags.scratchDir ? { scratchDir: resolve(flags.scratchDir) } : {}),
     ...(flags.checkpoint ? { checkpoint: flags.checkpoint } : {}),
+    ...(flags.keepCheckpoints !== undefined ? { keepCheckpoints: flags.keepCheckpoints } : {}),
+    ...(flags.pruneCheckpoints === false ? { pruneCheckpoints: false } : {}),
   });
 }
 
-function printSummary(ctx: CliContext, s: RepositoryBackupSummary): void {
+function printSummary(ctx: CliContext, s: RepositoryBackupSummary & { checkpointsDeleted?: string[] }): void {
   for (const d of s.disks) {
     const kind = d.parentId ? `incremental on ${d.parentId}` : 'full';
     ctx.print(`${s.vm} ${d.disk}: backup ${d.backupId} (${kind}), ${formatBytes(d.bytesRead)} read, ${formatBytes(d.bytesStored)} stored in ${d.objects} objects`);
   }
+  if (s.checkpointsDeleted && s.checkpointsDeleted.length > 0) ctx.info(`checkpoints no backup here needs any more, deleted: ${s.checkpointsDeleted.join(', ')}`);
   ctx.info(`${s.level} backup of VM '${s.vm}' done in ${(s.durationMs / 1000).toFixed(1)} s: group ${s.groupId}, checkpoint ${s.checkpoint ?? '(none)'}`);
 }
 
@@ -84,6 +89,8 @@ export function registerBackupCommand(program: Command, context: () => CliContex
     .option('--trim', 'discard what was read from the fleecing scratch image (writable export; frees no space on QEMU 7.2)')
     .option('--scratch-dir <dir>', 'where fleecing scratch images go (default <state-dir>/scratch)')
     .option('--checkpoint <name>', 'name of the new checkpoint (default fleece-<UTC time>)')
+    .option('--keep-checkpoints <n>', 'afterwards keep at most N checkpoints with a backup behind them per disk, delete the older ones fleece made (default 3)', parsePositiveInt)
+    .option('--no-prune-checkpoints', 'leave the VM\'s checkpoints alone afterwards (other repositories use them)')
     .addHelpText('after', `
 The level is chosen per disk unless --full or --incremental is given: incremental since the newest checkpoint
 that has a complete backup of that disk in this repository and whose bitmap is valid, full otherwise; the
