@@ -5,15 +5,16 @@
 import type { ControlPlane } from '../backup/control/control-plane.js';
 import type { Checkpoint } from '../checkpoint/model.js';
 import {
-  DEFAULT_KEEP_CHECKPOINTS, describeCheckpointVerdict, planCheckpointRetention, type CheckpointVerdict, type RetentionBackup,
+  DEFAULT_KEEP_CHECKPOINTS, describeCheckpointVerdict, planCheckpointRetention, type CheckpointVerdict, type RetentionBackup, type ServedBackup,
 } from '../checkpoint/retention-policy.js';
-import { openRepository, type Repository } from '../repository/index.js';
-import { describeError } from '../util/errors.js';
+import { access } from 'node:fs/promises';
+import { isS3Location, openRepository, type Repository } from '../repository/index.js';
+import { NotFoundError, describeError } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import { openControlPlane, type PlaneEnvironment } from './open-control-plane.js';
 import { VmRegistry, type VmEntry } from './vm-registry.js';
 
-export { DEFAULT_KEEP_CHECKPOINTS, describeCheckpointVerdict, servedBackups, type CheckpointVerdict } from '../checkpoint/retention-policy.js';
+export { DEFAULT_KEEP_CHECKPOINTS, describeCheckpointVerdict, servedBackups, type CheckpointVerdict, type ServedBackup } from '../checkpoint/retention-policy.js';
 
 const log = getLogger('app.checkpoint-retention');
 
@@ -45,6 +46,11 @@ function emptyReport(vm: string, keep: number, dryRun: boolean): CheckpointReten
 }
 
 async function repositoryRecords(repo: string | Repository, vm: string, signal?: AbortSignal): Promise<RetentionBackup[]> {
+  if (typeof repo === 'string' && !isS3Location(repo)) {
+    await access(repo).catch(() => {
+      throw new NotFoundError(`repository ${repo} does not exist`, { hint: 'check --repo' });
+    });
+  }
   const r = typeof repo === 'string' ? await openRepository(repo) : repo;
   return r.list({ vm, ...(signal ? { signal } : {}) });
 }
@@ -118,4 +124,18 @@ export function describeCheckpointRetention(report: CheckpointRetentionReport): 
     if (report.dryRun || done) lines.push(`checkpoint ${v.name} of VM '${report.vm}': ${report.dryRun ? 'would delete' : 'deleted'} (${describeCheckpointVerdict(v)})`);
   }
   return [...lines, ...report.warnings.map((w) => `warning: ${w}`)];
+}
+
+/**
+ * The backups in `repo` of VM `vm` that ended at each checkpoint (by checkpoint name, newest first): the next
+ * incremental of that disk can start there. @throws NotFoundError (no repository), StoreError.
+ */
+export async function backupsByCheckpoint(repo: string | Repository, vm: string, signal?: AbortSignal): Promise<Map<string, ServedBackup[]>> {
+  const out = new Map<string, ServedBackup[]>();
+  const records = [...await repositoryRecords(repo, vm, signal)].sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
+  for (const r of records) {
+    if (r.checkpoint === undefined || r.disk === undefined) continue;
+    out.set(r.checkpoint, [...(out.get(r.checkpoint) ?? []), { backupId: r.backupId, disk: r.disk, createdAt: r.createdAt }]);
+  }
+  return out;
 }

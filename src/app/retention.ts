@@ -103,7 +103,8 @@ export async function pruneBackups(request: PruneRequest): Promise<PruneResult> 
   const pruneCheckpoints = async (): Promise<PruneResult> => {
     if (!request.checkpoints) return result;
     const { keep, env, entry } = request.checkpoints;
-    const vms = [...new Set([...removed.values()].flatMap((b) => (b.vm !== undefined ? [b.vm] : [])))];
+    const vmOf = new Map(records.map((x) => [x.backupId, x.vm]));
+    const vms = [...new Set([...removed.keys()].flatMap((id) => { const vm = vmOf.get(id); return vm !== undefined ? [vm] : []; }))];
     result.checkpoints = [];
     for (const vm of vms) {
       const remaining = records.filter((x) => x.vm === vm && !removed.has(x.backupId));
