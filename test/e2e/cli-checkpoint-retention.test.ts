@@ -59,6 +59,10 @@ describe('checkpoint pruning over QMP', () => {
       expect([restored.exitCode, restored.stderr]).toEqual([0, expect.anything()]);
       expect(await sha256File(out)).toBe(await sha256File(join(dir, image)));
     }
+    const listed = await runCli(dir, ['checkpoint-list', 'vm1', '--qmp', qmp(), '--repo', repo()]);
+    expect([listed.exitCode, listed.stderr]).toEqual([0, '']);
+    const vda = last.disks.find((d) => d.disk === 'vda')!.backupId;
+    expect(listed.stdout).toMatch(new RegExp(`${last.checkpoint}\\s.*vda:${vda}`));
   }, 400_000);
 
   test('a prune that removes the old chain removes its checkpoints; a protected backup cannot be deleted', async () => {
