@@ -119,6 +119,8 @@ export const RepositoryBackupSchema = Type.Object({
   trim: Type.Optional(Type.Boolean()),
   scratchDir: Type.Optional(Type.String({ minLength: 1, pattern: '^/' })),
   checkpoint: Type.Optional(Type.String({ minLength: 1 })),
+  keepCheckpoints: Type.Optional(Type.Integer({ minimum: 1, description: 'afterwards keep at most N checkpoints with a backup behind them per disk (default 3)' })),
+  pruneCheckpoints: Type.Optional(Type.Boolean({ description: 'false: leave the VM\'s checkpoints alone afterwards' })),
 }, { additionalProperties: false });
 export type RepositoryBackupBody = Static<typeof RepositoryBackupSchema>;
 
