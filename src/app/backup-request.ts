@@ -36,12 +36,17 @@ export interface BackupRequest {
   fleecing?: 'cbw' | 'overlay';
   /** Percent of the blocks a dirty bitmap calls clean to hash against the parent (0 to 100; default 0.5, 0 disables). */
   verifyBitmap?: number;
+  /** After the backup, keep at most this many checkpoints with a backup behind them per disk (default 3). */
+  keepCheckpoints?: number;
+  /** False: leave the VM's checkpoints alone after the backup (e.g. when other repositories use them). */
+  pruneCheckpoints?: boolean;
 }
 
 const FIELDS: Record<keyof BackupRequest, 'string' | 'number' | 'boolean' | 'string[]'> = {
   vm: 'string', repo: 'string', provider: 'string', qmp: 'string', guestAgent: 'string', connect: 'string', level: 'string', disks: 'string[]',
   compression: 'string', bandwidth: 'number', parallel: 'number', connections: 'number', quiesce: 'string', trim: 'boolean',
-  scratchDir: 'string', checkpoint: 'string', fleecing: 'string', verifyBitmap: 'number',
+  scratchDir: 'string', checkpoint: 'string', fleecing: 'string', verifyBitmap: 'number', keepCheckpoints: 'number',
+  pruneCheckpoints: 'boolean',
 };
 const CHOICES: Partial<Record<keyof BackupRequest, readonly string[]>> = {
   level: ['auto', 'full', 'incremental'],

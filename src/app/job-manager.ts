@@ -13,6 +13,8 @@ import { QmpPool, type VmConnection } from './jobs/qmp-pool.js';
 import { cleanupInterruptedJob } from './jobs/recover.js';
 import { prepareProviderBackup } from './jobs/provider-backup-job.js';
 import { prepareRepositoryBackup, type RepositoryBackupRequest } from './jobs/repository-backup.js';
+import { scrubBackups } from './retention.js';
+import type { ScrubReport } from '../repository/index.js';
 import { describeReconcile, reconcileVm } from './reconcile.js';
 import { VmRegistry } from './vm-registry.js';
 import type { NbdTls } from './nbd-tls-settings.js';
@@ -32,6 +34,8 @@ export interface JobManagerOptions {
   progressIntervalMs?: number;
   /** NBD TLS credentials of TCP exports (backup-begin with a tcp `<server>`), unless the VM's entry names its own. */
   nbdTls?: NbdTls;
+  /** Scrub `repo` every `intervalMs` (the same scrubBackups as `fleece verify --sample`); off when absent. */
+  scrub?: { repo: string; percent: number; intervalMs: number };
 }
 
 /** A state change (`state`) or new progress (`progress`) of one job. */
@@ -65,7 +69,12 @@ function newJobId(): string {
 export class JobManager {
   readonly registry: VmRegistry;
   readonly pool: QmpPool;
-  readonly #options: Required<Omit<JobManagerOptions, 'nbdTls'>>;
+  readonly #options: Required<Omit<JobManagerOptions, 'nbdTls' | 'scrub'>>;
+  readonly #scrub: JobManagerOptions['scrub'];
+  #scrubTimer: NodeJS.Timeout | undefined;
+  #scrubbing: Promise<void> | undefined;
+  /** The last scheduled scrub's outcome. */
+  lastScrub: { at: string; ok: boolean; report?: ScrubReport; error?: string } | undefined;
   readonly #nbdTls: NbdTls | undefined;
   readonly #store: JobStore;
   readonly #jobs = new Map<string, ManagedJob>();
@@ -76,8 +85,9 @@ export class JobManager {
   #closed = false;
 
   private constructor(options: JobManagerOptions) {
-    const { nbdTls, ...rest } = options;
+    const { nbdTls, scrub, ...rest } = options;
     this.#options = { maxParallelJobs: 4, progressIntervalMs: 500, ...rest };
+    this.#scrub = scrub;
     this.#nbdTls = nbdTls;
     this.#store = new JobStore(options.stateDir);
     this.registry = new VmRegistry(options.configDir);
@@ -92,7 +102,32 @@ export class JobManager {
   static async open(options: JobManagerOptions): Promise<JobManager> {
     const manager = new JobManager(options);
     await manager.#recover();
+    if (manager.#scrub) {
+      manager.#scrubTimer = setInterval(() => void manager.scrubNow(), manager.#scrub.intervalMs);
+      manager.#scrubTimer.unref();
+    }
     return manager;
+  }
+
+  /** Runs the configured scrub now (once at a time; a tick during one is skipped). Never throws. */
+  scrubNow(): Promise<void> {
+    const scrub = this.#scrub;
+    if (!scrub || this.#scrubbing) return this.#scrubbing ?? Promise.resolve();
+    this.#scrubbing = (async () => {
+      const at = new Date().toISOString();
+      try {
+        const { report } = await scrubBackups({ repo: scrub.repo, percent: scrub.percent });
+        this.lastScrub = { at, ok: report.ok, report };
+        if (report.ok) log.info({ repo: scrub.repo, checked: report.objectsChecked, total: report.objectsTotal, seed: report.seed }, 'scheduled scrub: OK');
+        else log.error({ repo: scrub.repo, damaged: report.damaged, problems: report.problems.length }, 'scheduled scrub: DAMAGED backups');
+      } catch (error) {
+        this.lastScrub = { at, ok: false, error: describeError(error) };
+        log.warn({ repo: scrub.repo, err: error }, 'scheduled scrub failed');
+      } finally {
+        this.#scrubbing = undefined;
+      }
+    })();
+    return this.#scrubbing;
   }
 
   async #recover(): Promise<void> {
@@ -472,6 +507,8 @@ export class JobManager {
   /** Stops taking jobs, aborts the active ones (exports go, new checkpoints of pull jobs too), closes QMP. */
   async close(): Promise<void> {
     this.#closed = true;
+    if (this.#scrubTimer) clearInterval(this.#scrubTimer);
+    await this.#scrubbing;
     const active = [...this.#activeByVm.values()];
     await Promise.all(active.map((id) => this.abort(id, 'the daemon is shutting down').catch(() => undefined)));
     await this.pool.closeAll();

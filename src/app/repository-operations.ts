@@ -4,6 +4,7 @@ import { access, rm } from 'node:fs/promises';
 import {
   isS3Location,
   openRepository,
+  readProtections,
   type BackupRecord,
   type DeleteReport,
   type GcReport,
@@ -54,14 +55,42 @@ async function open(repo: string | Repository): Promise<Repository> {
 }
 
 /** Committed backups, oldest first, filtered by VM and disk. @throws NotFoundError (no repository), StoreError. */
-export async function listBackups(repo: string | Repository, filter: { vm?: string; disk?: string; signal?: AbortSignal } = {}): Promise<BackupRecord[]> {
+export async function listBackups(
+  repo: string | Repository, filter: { vm?: string; disk?: string; signal?: AbortSignal; withProtection?: boolean } = {},
+): Promise<(BackupRecord & { protected?: true })[]> {
   const r = await open(repo);
   const records = await r.list({
     ...(filter.vm !== undefined ? { vm: filter.vm } : {}),
     ...(filter.disk !== undefined ? { disk: filter.disk } : {}),
     ...(filter.signal ? { signal: filter.signal } : {}),
   });
-  return records.sort((a, b) => (a.createdAt === b.createdAt ? 0 : a.createdAt < b.createdAt ? -1 : 1));
+  records.sort((a, b) => (a.createdAt === b.createdAt ? 0 : a.createdAt < b.createdAt ? -1 : 1));
+  if (!filter.withProtection) return records;
+  // One more read per backup: the mark lives in each manifest (repository/protect.ts).
+  const marks = await readProtections(r, records, filter.signal);
+  return records.map((x) => (marks.has(x.backupId) ? { ...x, protected: true as const } : x));
+}
+
+/**
+ * Refuses to delete a protected backup (prune never removes one either): the backups a delete would remove are
+ * `ids` and, with cascade, every incremental built on them. @throws ConflictError naming the backup and the fix.
+ */
+async function refuseProtected(r: Repository, ids: readonly string[], cascade: boolean, signal?: AbortSignal): Promise<void> {
+  const { records } = await r.scan(signal);
+  const doomed = new Set(ids);
+  for (let grew = cascade; grew;) {
+    const children = records.filter((x) => x.parentId !== null && doomed.has(x.parentId) && !doomed.has(x.backupId));
+    for (const x of children) doomed.add(x.backupId);
+    grew = children.length > 0;
+  }
+  const marks = await readProtections(r, records.filter((x) => doomed.has(x.backupId)), signal);
+  const [first] = marks.keys();
+  if (first !== undefined) {
+    const note = marks.get(first)!.note;
+    throw new ConflictError(`backup ${first} is protected${note ? ` (${note})` : ''}: it is not deleted`, {
+      hint: `unprotect it first: fleece unprotect --repo ${r.store.location} --backup ${first}`,
+    });
+  }
 }
 
 /**
@@ -188,6 +217,7 @@ export async function deleteBackups(
   const options = { ...(target.cascade ? { cascade: true } : {}), ...(target.signal ? { signal: target.signal } : {}) };
   if (target.backupId !== undefined) {
     await findBackup(r, { backupId: target.backupId });
+    await refuseProtected(r, [target.backupId], target.cascade ?? false, target.signal);
     return r.delete(target.backupId, options);
   }
   if (target.groupId !== undefined) {
@@ -195,6 +225,7 @@ export async function deleteBackups(
     if (members.length === 0) {
       throw new NotFoundError(`the repository has no backup group '${target.groupId}'`, { hint: 'list the backups with `fleece list --repo DIR`' });
     }
+    await refuseProtected(r, members.map((m) => m.backupId), target.cascade ?? false, target.signal);
     const report: DeleteReport = { deleted: [], objectsRemoved: 0 };
     for (const m of members) {
       if (report.deleted.includes(m.backupId)) continue;

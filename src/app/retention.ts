@@ -19,7 +19,10 @@ import {
   type ScrubReport,
 } from '../repository/index.js';
 import { FleeceError, InvalidInputError, NotFoundError, describeError, isFleeceError } from '../util/errors.js';
+import { pruneCheckpointsOfVm, type CheckpointRetentionReport } from './checkpoint-retention.js';
+import type { PlaneEnvironment } from './open-control-plane.js';
 import { findBackup, findGroup, type BackupSelector } from './repository-operations.js';
+import type { VmEntry } from './vm-registry.js';
 
 // The planner's words the CLI prints with (cli/ imports app/ only).
 export { describeKeepOptions, describeReason, keepsSomething, type KeepOptions, type PruneGroup, type PrunePlan } from '../repository/index.js';
@@ -58,6 +61,11 @@ export interface PruneRequest {
   signal?: AbortSignal;
   /** Called before each backup is deleted (index from 0, count). */
   onDelete?: (backupId: string, index: number, count: number) => void;
+  /**
+   * Then prune the checkpoints of every VM that lost backups (app/checkpoint-retention.ts), through its control
+   * plane: `entry` for that VM, else the registry in `env.configDir`. A dry run plans against what would remain.
+   */
+  checkpoints?: { keep?: number; env: PlaneEnvironment & { configDir: string }; entry?: VmEntry };
 }
 
 export interface PruneResult {
@@ -68,6 +76,8 @@ export interface PruneResult {
   objectsRemoved: number;
   /** Stored bytes of the backups removed (or that a dry run would remove). */
   bytesFreed: number;
+  /** One report per VM whose checkpoints were pruned (or planned on a dry run), when asked. */
+  checkpoints?: CheckpointRetentionReport[];
 }
 
 /**
@@ -90,7 +100,22 @@ export async function pruneBackups(request: PruneRequest): Promise<PruneResult> 
     plan, dryRun: request.dryRun ?? false, deleted: [], objectsRemoved: 0,
     bytesFreed: [...removed.values()].reduce((n, b) => n + (b.storedBytes ?? b.dataBytes), 0),
   };
-  if (result.dryRun) return result;
+  const pruneCheckpoints = async (): Promise<PruneResult> => {
+    if (!request.checkpoints) return result;
+    const { keep, env, entry } = request.checkpoints;
+    const vmOf = new Map(records.map((x) => [x.backupId, x.vm]));
+    const vms = [...new Set([...removed.keys()].flatMap((id) => { const vm = vmOf.get(id); return vm !== undefined ? [vm] : []; }))];
+    result.checkpoints = [];
+    for (const vm of vms) {
+      const remaining = records.filter((x) => x.vm === vm && !removed.has(x.backupId));
+      result.checkpoints.push(await pruneCheckpointsOfVm(vm, r, { ...env, ...(entry?.name === vm ? { entry } : {}) }, {
+        ...(keep !== undefined ? { keep } : {}), ...(result.dryRun ? { dryRun: true, records: remaining } : {}),
+        ...(request.signal ? { signal: request.signal } : {}),
+      }));
+    }
+    return result;
+  };
+  if (result.dryRun) return pruneCheckpoints();
   result.bytesFreed = 0;
   for (const [i, backupId] of plan.removeOrder.entries()) {
     request.onDelete?.(backupId, i, plan.removeOrder.length);
@@ -106,7 +131,7 @@ export async function pruneBackups(request: PruneRequest): Promise<PruneResult> 
       });
     }
   }
-  return result;
+  return pruneCheckpoints();
 }
 
 export interface ProtectResult {

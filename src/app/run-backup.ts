@@ -3,6 +3,9 @@
 import { backupVmToRepository, type RepositoryBackupHooks, type RepositoryBackupSummary } from '../backup/repository-backup.js';
 import { BackupJournal } from '../backup/journal.js';
 import { repositoryOf, type BackupRequest } from './backup-request.js';
+import { pruneVmCheckpoints } from './checkpoint-retention.js';
+import { pruneBackups } from './retention.js';
+import { describeError } from '../util/errors.js';
 import { describeReconcile, reconcileVm } from './reconcile.js';
 import { openControlPlane, type PlaneEnvironment } from './open-control-plane.js';
 import { VmRegistry, validateVmName, type VmEntry } from './vm-registry.js';
@@ -22,7 +25,7 @@ export async function runBackup(
   request: BackupRequest,
   env: PlaneEnvironment & { configDir?: string },
   hooks: RepositoryBackupHooks = {},
-): Promise<RepositoryBackupSummary> {
+): Promise<RepositoryBackupSummary & { checkpointsDeleted?: string[]; pruned?: string[] }> {
   // First whatever an interrupted backup of this VM left (a provider backup's too), then take the VM for this process.
   const report = await reconcileVm(entry.name, { stateDir: env.stateDir, ...(env.configDir ? { configDir: env.configDir } : {}), ...(env.qmp ? { qmp: env.qmp.qmp } : {}) });
   if (report) hooks.onEvent?.({ type: 'warning', message: describeReconcile(report) });
@@ -54,7 +57,32 @@ export async function runBackup(
       hooks,
     );
     if (report) summary.warnings.unshift(describeReconcile(report));
-    return summary;
+    // The backup is complete whatever happens now: the VM's own retention policy, then the checkpoints nothing here
+    // needs any more (warnings only).
+    const warn = (message: string) => {
+      summary.warnings.push(message);
+      hooks.onEvent?.({ type: 'warning', message });
+    };
+    let pruned: string[] | undefined;
+    if (entry.retention) {
+      try {
+        const result = await pruneBackups({
+          repo: repositoryOf(request),
+          policy: { keep: entry.retention.keep, vm: entry.name, ...(entry.retention.timeZone ? { timeZone: entry.retention.timeZone } : {}) },
+          ...(hooks.signal ? { signal: hooks.signal } : {}),
+        });
+        pruned = result.deleted;
+      } catch (error) {
+        warn(`the retention policy of VM '${entry.name}' failed: ${describeError(error)}`);
+      }
+    }
+    if (request.pruneCheckpoints === false) return { ...summary, ...(pruned ? { pruned } : {}) };
+    const keep = request.keepCheckpoints ?? entry.retention?.keepCheckpoints;
+    const retention = await pruneVmCheckpoints(plane, repositoryOf(request), {
+      ...(keep !== undefined ? { keep } : {}), ...(hooks.signal ? { signal: hooks.signal } : {}),
+    });
+    for (const message of retention.warnings) warn(message);
+    return { ...summary, checkpointsDeleted: retention.deleted, ...(pruned ? { pruned } : {}) };
   } finally {
     await plane.close();
     await journal.end();

@@ -4,6 +4,7 @@ import { readFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { ConflictError, InvalidInputError, NotFoundError } from '../util/errors.js';
+import type { VmRetention } from './vm-retention.js';
 
 export interface VmEntry {
   name: string;
@@ -19,6 +20,8 @@ export interface VmEntry {
   tlsDir?: string;
   /** … or a keys.psk file (a pre-shared key, psktool). */
   tlsPsk?: string;
+  /** Prune this VM's backups and checkpoints after each successful backup (app/vm-retention.ts); off when absent. */
+  retention?: VmRetention;
 }
 
 /** The VM's QMP socket. Throws InvalidInputError when the VM is a libvirt domain (libvirt owns its monitor). */

@@ -121,6 +121,8 @@ export const RepositoryBackupSchema = Type.Object({
   checkpoint: Type.Optional(Type.String({ minLength: 1 })),
   fleecing: Type.Optional(Type.Union([Type.Literal('cbw'), Type.Literal('overlay')], { description: 'bare QEMU: copy-before-write + snapshot-access (QEMU >= 7.1) or the scratch overlay' })),
   verifyBitmap: Type.Optional(Type.Number({ minimum: 0, maximum: 100, description: 'percent of the clean blocks of a dirty bitmap hashed against the parent; a mismatch makes that disk a compare backup' })),
+  keepCheckpoints: Type.Optional(Type.Integer({ minimum: 1, description: 'afterwards keep at most N checkpoints with a backup behind them per disk (default 3)' })),
+  pruneCheckpoints: Type.Optional(Type.Boolean({ description: 'false: leave the VM\'s checkpoints alone afterwards' })),
 }, { additionalProperties: false });
 export type RepositoryBackupBody = Static<typeof RepositoryBackupSchema>;
 

@@ -31,6 +31,11 @@ export interface DaemonConfigInput {
   logFile?: string;
   /** Exit once no job has been active for this many seconds. */
   exitWhenIdle?: number;
+  /** Scrub this repository on a schedule (`fleece verify --sample`): off unless given with scrubIntervalHours. */
+  scrubRepo?: string;
+  /** Percent of the objects each scrub checks (default 5). */
+  scrubSample?: number;
+  scrubIntervalHours?: number;
 }
 
 /** The resolved configuration. */
@@ -51,6 +56,8 @@ export interface DaemonConfig {
   logLevel: string;
   logFile?: string;
   exitWhenIdle?: number;
+  /** A scrub of `repo` every `intervalMs`, `percent` of its objects each time. */
+  scrub?: { repo: string; percent: number; intervalMs: number };
 }
 
 const KEYS: Record<keyof DaemonConfigInput, 'string' | 'number' | 'boolean'> = {
@@ -70,6 +77,9 @@ const KEYS: Record<keyof DaemonConfigInput, 'string' | 'number' | 'boolean'> = {
   logLevel: 'string',
   logFile: 'string',
   exitWhenIdle: 'number',
+  scrubRepo: 'string',
+  scrubSample: 'number',
+  scrubIntervalHours: 'number',
 };
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -149,6 +159,16 @@ export function resolveDaemonConfig(file: DaemonConfigInput, flags: DaemonConfig
   if (input.tokenFile !== undefined) config.tokenFile = input.tokenFile;
   if (input.logFile !== undefined) config.logFile = input.logFile;
   if (input.exitWhenIdle !== undefined) config.exitWhenIdle = input.exitWhenIdle;
+  if ((input.scrubRepo === undefined) !== (input.scrubIntervalHours === undefined)) {
+    throw new InvalidInputError('scrubRepo and scrubIntervalHours go together', { hint: 'e.g. "scrubRepo": "/backups/repo", "scrubIntervalHours": 24, "scrubSample": 5' });
+  }
+  if (input.scrubRepo !== undefined && input.scrubIntervalHours !== undefined) {
+    const percent = input.scrubSample ?? 5;
+    if (!(percent > 0 && percent <= 100)) throw new InvalidInputError(`scrubSample ${percent} must be a percentage (more than 0, at most 100)`);
+    if (!(input.scrubIntervalHours > 0)) throw new InvalidInputError(`scrubIntervalHours ${input.scrubIntervalHours} must be more than 0`);
+    if (!input.scrubRepo.startsWith('/') && !input.scrubRepo.startsWith('s3://')) throw new InvalidInputError(`scrubRepo '${input.scrubRepo}' must be an absolute path or an s3:// URL`);
+    config.scrub = { repo: input.scrubRepo, percent, intervalMs: input.scrubIntervalHours * 3_600_000 };
+  }
   if (config.tcp && !config.tokenFile) {
     throw new InvalidInputError(`tcp ${input.tcp} needs a token file`, { hint: 'give --token-file (tokenFile) with the bearer token clients must send' });
   }

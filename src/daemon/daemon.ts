@@ -57,6 +57,7 @@ export async function startDaemon(config: DaemonConfig, logger?: Logger): Promis
     runDir: config.runDir,
     maxParallelJobs: config.maxParallelJobs,
     ...(config.nbdTls ? { nbdTls: config.nbdTls } : {}),
+    ...(config.scrub ? { scrub: config.scrub } : {}),
   });
   const ctx = { manager, version: daemonVersion(), startedAt: Date.now() };
   const servers: Api[] = [];

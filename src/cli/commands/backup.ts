@@ -33,6 +33,8 @@ interface BackupFlags {
   checkpoint?: string;
   fleecing?: 'cbw' | 'overlay';
   verifyBitmap?: number;
+  keepCheckpoints?: number;
+  pruneCheckpoints?: boolean;
 }
 
 /** `--verify-bitmap 0.5`, `--verify-bitmap 100%`: a percentage from 0 to 100. */
@@ -64,14 +66,17 @@ export function requestFromFlags(vm: string, flags: BackupFlags): BackupRequest 
     ...(flags.checkpoint ? { checkpoint: flags.checkpoint } : {}),
     ...(flags.fleecing ? { fleecing: flags.fleecing } : {}),
     ...(flags.verifyBitmap !== undefined ? { verifyBitmap: flags.verifyBitmap } : {}),
+    ...(flags.keepCheckpoints !== undefined ? { keepCheckpoints: flags.keepCheckpoints } : {}),
+    ...(flags.pruneCheckpoints === false ? { pruneCheckpoints: false } : {}),
   });
 }
 
-function printSummary(ctx: CliContext, s: RepositoryBackupSummary): void {
+function printSummary(ctx: CliContext, s: RepositoryBackupSummary & { checkpointsDeleted?: string[] }): void {
   for (const d of s.disks) {
     const kind = d.parentId ? `${d.level ?? 'incremental'} on ${d.parentId}` : 'full';
     ctx.print(`${s.vm} ${d.disk}: backup ${d.backupId} (${kind}), ${formatBytes(d.bytesRead)} read, ${formatBytes(d.bytesStored)} stored in ${d.objects} objects`);
   }
+  if (s.checkpointsDeleted && s.checkpointsDeleted.length > 0) ctx.info(`checkpoints no backup here needs any more, deleted: ${s.checkpointsDeleted.join(', ')}`);
   ctx.info(`${s.level} backup of VM '${s.vm}' done in ${(s.durationMs / 1000).toFixed(1)} s: group ${s.groupId}, checkpoint ${s.checkpoint ?? '(none)'}`);
 }
 
@@ -98,6 +103,8 @@ export function registerBackupCommand(program: Command, context: () => CliContex
     .option('--checkpoint <name>', 'name of the new checkpoint (default fleece-<UTC time>)')
     .addOption(new Option('--fleecing <mode>', 'bare QEMU: cbw (copy-before-write + snapshot-access, QEMU >= 7.1; discards free the scratch) or overlay (default for --repo; --provider uses cbw where QEMU allows it)').choices(['cbw', 'overlay']))
     .option('--verify-bitmap <pct>', 'hash this percent of the blocks the dirty bitmap calls clean against the parent; a mismatch makes that disk a compare backup (default 0.5, 0 trusts the bitmap)', parsePercent)
+    .option('--keep-checkpoints <n>', 'afterwards keep at most N checkpoints with a backup behind them per disk, delete the older ones fleece made (default 3)', parsePositiveInt)
+    .option('--no-prune-checkpoints', 'leave the VM\'s checkpoints alone afterwards (other repositories use them)')
     .addHelpText('after', `
 The level is chosen per disk unless --full or --incremental is given: incremental since the newest checkpoint
 that has a complete backup of that disk in this repository and whose bitmap is valid, full otherwise; the

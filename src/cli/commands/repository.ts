@@ -48,13 +48,13 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
 }
 
-function listRows(records: BackupRecord[]): string {
-  const rows = [['CREATED (UTC)', 'VM', 'DISK', 'BACKUP ID', 'LEVEL', 'PARENT', 'SIZE', 'DATA', 'STORED', 'CHECKPOINT', 'GROUP']];
+function listRows(records: (BackupRecord & { protected?: true })[]): string {
+  const rows = [['CREATED (UTC)', 'VM', 'DISK', 'BACKUP ID', 'LEVEL', 'PARENT', 'SIZE', 'DATA', 'STORED', 'CHECKPOINT', 'GROUP', 'PROTECTED']];
   for (const r of records) {
     rows.push([
       r.createdAt.slice(0, 19), r.vm ?? '-', r.disk ?? '-', r.backupId, r.parentId ? 'incremental' : 'full', r.parentId ?? '-',
       r.size !== undefined ? formatBytes(r.size) : '-', formatBytes(r.dataBytes), r.storedBytes !== undefined ? formatBytes(r.storedBytes) : '-',
-      r.checkpoint ?? '-', r.groupId ?? '-',
+      r.checkpoint ?? '-', r.groupId ?? '-', r.protected ? 'protected' : '',
     ]);
   }
   return table(rows);
@@ -135,7 +135,7 @@ export function registerRepositoryCommands(program: Command, context: () => CliC
     .action(async (flags: { repo: string; vm?: string; disk?: string }) => {
       const ctx = context();
       const records = await listBackups(repoLocation(flags.repo), {
-        ...(flags.vm !== undefined ? { vm: flags.vm } : {}), ...(flags.disk !== undefined ? { disk: flags.disk } : {}), signal: ctx.signal,
+        ...(flags.vm !== undefined ? { vm: flags.vm } : {}), ...(flags.disk !== undefined ? { disk: flags.disk } : {}), signal: ctx.signal, withProtection: true,
       });
       if (ctx.json) ctx.printJson(records);
       else if (records.length === 0) ctx.info(`no backups in ${repoLocation(flags.repo)}${flags.vm ? ` for VM '${flags.vm}'` : ''}`);

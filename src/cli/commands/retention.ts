@@ -1,11 +1,14 @@
 // `fleece prune | protect | unprotect | consolidate`, and the output of `fleece verify --sample` (src/app/retention.ts).
+import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import type { BackupSelector } from '../../app/repository-operations.js';
 import {
   consolidateBackups, describeKeepOptions, describeReason, keepsSomething, protectBackups, pruneBackups, scrubBackups,
   type KeepOptions, type PrunePlan,
 } from '../../app/retention.js';
+import { describeCheckpointRetention } from '../../app/checkpoint-retention.js';
 import { repoLocation } from '../../app/repo-location.js';
+import { resolveBackupTarget } from '../../app/run-backup.js';
 import { FleeceError, IntegrityError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import { formatBytes } from '../progress.js';
@@ -50,6 +53,10 @@ interface PruneFlags {
   keepYearly?: number;
   timezone: string;
   dryRun?: boolean;
+  keepCheckpoints?: number;
+  pruneCheckpoints?: boolean;
+  qmp?: string;
+  connect?: string;
 }
 
 interface TargetFlags { repo: string; backup?: string; group?: string }
@@ -79,10 +86,16 @@ export function registerRetentionCommands(program: Command, context: () => CliCo
     .option('--keep-yearly <n>', 'keep the newest group of each of the last N years that have one', count('--keep-yearly'))
     .addOption(new Option('--timezone <zone>', 'the time zone whose hours, days, weeks… the rules count (IANA name)').default('UTC'))
     .option('--dry-run', 'print the plan (each group: keep or remove, and why), remove nothing')
+    .option('--keep-checkpoints <n>', 'then keep at most N checkpoints with a backup behind them per disk of each VM that lost backups (default 3)', count('--keep-checkpoints'))
+    .option('--no-prune-checkpoints', 'leave the VMs\' checkpoints alone')
+    .option('--qmp <socket>', 'with --vm: the QMP socket of that bare QEMU, whose checkpoints to prune (default: the registry)')
+    .option('-c, --connect <uri>', 'with --vm: the libvirt URI of that domain, whose checkpoints to prune (default: the registry)')
     .addHelpText('after', `
 The rules run in the order last, hourly, daily, weekly, monthly, yearly; each keeps the newest group of a period
 that no earlier rule covered, for N periods. A group is every disk backup of one \`fleece backup\` run. A protected
 group (\`fleece protect\`) is always kept and counts for no rule; a kept incremental keeps its parents' groups.
+Then, for each VM that lost backups, the checkpoints no remaining backup ended at are deleted through the VM's
+control plane (registered VMs, or --vm with --qmp/--connect), at most --keep-checkpoints kept per disk.
 
 Examples:
   fleece prune --repo /backups/repo --keep-last 3 --keep-daily 7 --keep-weekly 4 --dry-run
@@ -100,7 +113,20 @@ Examples:
       if (!keepsSomething(keep)) {
         throw new FleeceError('USAGE', 'prune needs at least one --keep-* option of 1 or more', { hint: 'e.g. --keep-last 3 --keep-daily 7 (add --dry-run to see the plan first)' });
       }
+      if ((flags.qmp !== undefined || flags.connect !== undefined) && flags.vm === undefined) {
+        throw new FleeceError('USAGE', '--qmp and --connect name one VM: give --vm too');
+      }
+      if (flags.keepCheckpoints === 0) throw new FleeceError('USAGE', '--keep-checkpoints must be 1 or more', { hint: 'use --no-prune-checkpoints to keep them all' });
+      const entry = flags.vm !== undefined && (flags.qmp !== undefined || flags.connect !== undefined)
+        ? await resolveBackupTarget({ vm: flags.vm, ...(flags.qmp ? { qmp: resolve(flags.qmp) } : {}), ...(flags.connect ? { connect: flags.connect } : {}) }, ctx.configDir)
+        : undefined;
       const result = await pruneBackups({
+        ...(flags.pruneCheckpoints !== false ? {
+          checkpoints: {
+            ...(flags.keepCheckpoints !== undefined ? { keep: flags.keepCheckpoints } : {}),
+            env: { stateDir: ctx.stateDir, runDir: ctx.runDir, configDir: ctx.configDir }, ...(entry ? { entry } : {}),
+          },
+        } : {}),
         repo: repoLocation(flags.repo),
         policy: { keep, timeZone: flags.timezone, ...(flags.vm !== undefined ? { vm: flags.vm } : {}) },
         ...(flags.dryRun ? { dryRun: true } : {}),
@@ -120,6 +146,7 @@ Examples:
             })),
           })),
           removeOrder: plan.removeOrder, deleted: result.deleted, objectsRemoved: result.objectsRemoved, bytesFreed: result.bytesFreed,
+          ...(result.checkpoints ? { checkpoints: result.checkpoints } : {}),
         });
         return;
       }
@@ -132,6 +159,7 @@ Examples:
       const groups = plan.scopes.flatMap((s) => s.groups).filter((g) => g.action === 'remove').length;
       if (result.dryRun) ctx.print(`dry run: would remove ${groups} group(s), ${plan.removeOrder.length} backup(s), freeing ${formatBytes(result.bytesFreed)}`);
       else ctx.print(`removed ${groups} group(s), ${result.deleted.length} backup(s) (${result.objectsRemoved} objects, ${formatBytes(result.bytesFreed)} freed)`);
+      for (const report of result.checkpoints ?? []) for (const line of describeCheckpointRetention(report)) ctx.info(line);
     });
 
   for (const protect of [true, false]) {

@@ -1,13 +1,17 @@
 // virsh's backup and checkpoint verbs (libvirt 9.0 names, arguments and output), through fleeced or directly.
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { backupsByCheckpoint } from '../../app/checkpoint-retention.js';
 import { nbdTlsFromSettings } from '../../app/nbd-tls-settings.js';
+import { repoLocation } from '../../app/repo-location.js';
 import type { JobInfo } from '../../app/jobs/job-info.js';
 import { parseCheckpointXml } from '../../app/vocabulary.js';
 import { FleeceError, InvalidInputError, NotFoundError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import type { DaemonClient } from '../daemon-client.js';
-import { formatCheckpointList, formatDomJobInfo, checkCheckpointListOptions, type CheckpointListOptions } from '../virsh-format.js';
+import {
+  formatCheckpointList, formatDomJobInfo, formatVirshTime, formatVshTable, checkCheckpointListOptions, selectCheckpoints, type CheckpointListOptions,
+} from '../virsh-format.js';
 import { checkpointOps, daemonForTarget, lastCompletedJob, resolveTarget, type CheckpointOps, type VirshTarget } from './virsh-backend.js';
 import { readXmlFile } from './virsh-input.js';
 import { PRIVATE_DAEMON_IDLE_SECONDS, startPrivateDaemon, type PrivateDaemon } from './virsh-private-daemon.js';
@@ -267,8 +271,9 @@ export function registerVirshCommands(program: Command, context: () => CliContex
     .option('--no-leaves', 'only checkpoints with children')
     .option('--tree', 'the checkpoints as a tree')
     .option('--name', 'names only')
+    .option('--repo <dir>', 'add a column: the backups in this repository that ended at each checkpoint (fleece prunes the others)')
     .option('--qmp <path>', qmpHelp)
-    .action(async (vm: string, options: QmpOption & Omit<CheckpointListOptions, 'noLeaves' | 'leaves'> & { leaves?: boolean }) => {
+    .action(async (vm: string, options: QmpOption & Omit<CheckpointListOptions, 'noLeaves' | 'leaves'> & { leaves?: boolean; repo?: string }) => {
       const ctx = context();
       // commander turns --leaves/--no-leaves into one option: true, false, or absent.
       const listOptions: CheckpointListOptions = {
@@ -281,6 +286,20 @@ export function registerVirshCommands(program: Command, context: () => CliContex
       };
       checkCheckpointListOptions(listOptions);
       const list = await withCheckpoints(ctx, target(vm, options), (ops) => ops.list());
+      if (options.repo !== undefined) {
+        if (options.tree || options.name) throw new FleeceError('USAGE', '--repo adds a column to the table: not with --tree or --name');
+        const served = await backupsByCheckpoint(repoLocation(options.repo), vm, ctx.signal);
+        const serves = (name: string) => served.get(name) ?? [];
+        if (ctx.json) ctx.printJson({ ...list, checkpoints: list.checkpoints.map((c) => ({ ...c, serves: serves(c.name) })) });
+        else {
+          const rows = selectCheckpoints(list.checkpoints, listOptions).map((c) => [
+            c.name, formatVirshTime(c.creationTime), ...(listOptions.parent ? [c.parent ?? ''] : []),
+            serves(c.name).map((s) => `${s.disk}:${s.backupId}`).join(',') || '- (no backup here ended at it)',
+          ]);
+          process.stdout.write(formatVshTable(['Name', 'Creation Time', ...(listOptions.parent ? ['Parent'] : []), 'Serves backup'], rows));
+        }
+        return;
+      }
       if (ctx.json) ctx.printJson(list);
       else process.stdout.write(formatCheckpointList(list.checkpoints, listOptions));
     });
