@@ -10,6 +10,7 @@ import { openRepository, type Repository, type RepositoryOptions } from '../../.
 import { S3ObjectStore } from '../../../src/repository/store/s3-store.js';
 import { createSparseFileSink } from '../../../src/restore/file-sink.js';
 import { restoreBackup } from '../../../src/restore/restore.js';
+import { consolidateBackup } from '../../../src/repository/consolidate.js';
 import { generateKeyFile, initRepository } from '../../../src/app/repo-init.js';
 import { IntegrityError, InvalidInputError } from '../../../src/util/errors.js';
 import type { KeySourceSpec } from '../../../src/repository/crypto/keys.js';
@@ -126,6 +127,10 @@ describe.each(places)('an encrypted repository on $name', (place) => {
     const inc = await backUp(repo, d1, { id: full, previous: d0 });
     expect((await restoreBytes(repo, full, dir)).equals(d0)).toBe(true);
     expect((await restoreBytes(repo, inc, dir)).equals(d1)).toBe(true);
+    // consolidate reads the chain and writes a synthetic full, both through the key
+    const synthetic = await consolidateBackup(repo, inc, { workers: 1 });
+    expect((await restoreBytes(repo, synthetic.backupId, dir)).equals(d1)).toBe(true);
+    expect((await repo.load(synthetic.backupId)).metadata.extra_metadata?.encryption).toBeDefined();
 
     // _metadata is plaintext JSON with the scheme and key id; every data object is sealed (no plaintext stored)
     const { metadata, record } = await repo.load(full);
@@ -138,7 +143,7 @@ describe.each(places)('an encrypted repository on $name', (place) => {
 
     // list and load without any key
     const locked = await openRepository(location, place.options());
-    expect((await locked.list()).map((r) => r.backupId).sort()).toEqual([full, inc].sort());
+    expect((await locked.list()).map((r) => r.backupId).sort()).toEqual([full, inc, synthetic.backupId].sort());
     const noKey = await restoreBytes(locked, full, dir).catch((e: unknown) => e);
     expect(noKey).toBeInstanceOf(InvalidInputError);
     expect((noKey as Error).message).toMatch(/is encrypted \(key id [0-9a-f]{16}\)/);
