@@ -198,6 +198,7 @@ export interface ScrubRequest {
 export async function scrubBackups(request: ScrubRequest): Promise<{ record?: BackupRecord; report: ScrubReport }> {
   const r = await open(request.repo);
   await r.requireMarker('verify');
+  await r.unlock();
   const record = request.selector ? await findBackup(r, request.selector) : undefined;
   const report = await scrubRepository(r, {
     percent: request.percent,

@@ -126,6 +126,14 @@ export class Repository {
   }
 
   /**
+   * An encrypted repository's data key, unlocked now (once): a missing or wrong key fails here, clearly, rather than
+   * as a problem of every object. Nothing for a plain repository. Throws InvalidInputError, IntegrityError.
+   */
+  async unlock(): Promise<void> {
+    if (this.store instanceof EncryptingStore) await this.store.unlock();
+  }
+
+  /**
    * Refuses `action` (gc, delete, verify…) unless the location has a repository marker: a mistyped --repo is never
    * taken for a repository. Throws NotFoundError (empty), InvalidInputError (other files; backups without a marker).
    */
@@ -189,7 +197,7 @@ export class Repository {
     await this.ensureMarker();
     const marker = await this.marker();
     const encryption = typeof marker === 'object' && marker.encryption ? { scheme: marker.encryption.scheme, key_id: marker.encryption.key_id } : undefined;
-    if (encryption && this.store instanceof EncryptingStore) await this.store.unlock(); // a missing or wrong key fails before any read
+    if (encryption) await this.unlock(); // a missing or wrong key fails before any read
     if (options.backupId !== undefined) {
       checkBackupId(options.backupId);
       if ((await this.locate(options.backupId, options.signal, true)) !== undefined) {
@@ -409,6 +417,7 @@ export class Repository {
   /** Checks a backup (see VerifyOptions); problems are reported, not thrown. Throws NotFoundError for an unknown backup. */
   async verify(backupId: string, options: VerifyOptions = {}): Promise<VerifyReport> {
     await this.requireMarker('verify');
+    await this.unlock();
     return verifyBackup(this, backupId, options);
   }
 

@@ -147,6 +147,7 @@ describe.each(places)('an encrypted repository on $name', (place) => {
     const noKey = await restoreBytes(locked, full, dir).catch((e: unknown) => e);
     expect(noKey).toBeInstanceOf(InvalidInputError);
     expect((noKey as Error).message).toMatch(/is encrypted \(key id [0-9a-f]{16}\)/);
+    expect(await locked.verify(full).catch((e: unknown) => e)).toBeInstanceOf(InvalidInputError); // not "damaged"
 
     // another key file: refused at unlock, naming the key file
     const otherKey = join(dir, 'other.key');
