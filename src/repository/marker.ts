@@ -102,14 +102,16 @@ export function isRepositoryPath(path: string, layout: RepositoryLayout): boolea
   const segments = path.split('/');
   if (segments.length === 1) return segments[0] === MARKER_NAME || (TEMPORARY.test(segments[0]!) && segments[0]!.startsWith(`.${MARKER_NAME}.`));
   if (layout === 's3') {
-    return segments.length === 3 && /^volume_[A-Za-z0-9][A-Za-z0-9._-]*$/.test(segments[0]!) && /^\d{14}$/.test(segments[1]!) && S3_OBJECT.test(segments[2]!);
+    return segments.length === 3 && /^volume_[A-Za-z0-9][A-Za-z0-9._-]*$/.test(segments[0]!) && /^\d{14}$/.test(segments[1]!)
+      && (S3_OBJECT.test(segments[2]!) || /^fleece_[A-Za-z0-9._-]+$/.test(segments[2]!));
   }
   if (segments.length !== 4) return false;
   const [a, b, id, name] = segments as [string, string, string, string];
   if (!new RegExp(`^${ID}$`).test(id) || a !== id.slice(0, 2) || b !== id.slice(2, 4)) return false;
-  if (TEMPORARY.test(name)) return name.includes(`_backup_${id}`) || name.includes(`fleece_lease_${id}`);
+  if (TEMPORARY.test(name)) return name.includes(id);
   const m = POSIX_OBJECT.exec(name);
-  return m !== null && (m[1] ?? m[2]) === id;
+  // also what a fleece keeps beside a backup's objects (a lease, a marker of its own): named by that backup's id
+  return (m !== null && (m[1] ?? m[2]) === id) || (name.startsWith('fleece_') && name.includes(id));
 }
 
 /** What a location without a marker holds: nothing, only what a repository of `layout` holds, or other things. Throws StoreError. */

@@ -28,3 +28,10 @@ test('a marker round-trips; a newer version and a damaged one are refused clearl
   expect(() => parseMarker(Buffer.from('{'), '/r/fleece-repository.json')).toThrow(IntegrityError);
   expect(() => parseMarker(Buffer.from('{"format":"restic"}'), '/r/fleece-repository.json')).toThrow(/is not a fleece repository marker/);
 });
+
+test("what a fleece keeps beside a backup's objects (fleece_… named by its id) stays visible to gc", () => {
+  expect(isRepositoryPath(`01/23/${id}/fleece_lease_${id}`, 'posix')).toBe(true);
+  expect(isRepositoryPath(`01/23/${id}/fleece_lease_${id}.json`, 'posix')).toBe(true);
+  expect(isRepositoryPath(`01/23/${id}/fleece_notes`, 'posix')).toBe(false);
+  expect(isRepositoryPath('volume_v1/20260101000000/fleece_lease_x', 's3')).toBe(true);
+});
