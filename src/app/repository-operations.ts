@@ -11,6 +11,8 @@ import {
   type GuestConfigExtra,
   type Repository,
   type VerifyReport,
+  MARKER_NAME,
+  type RepositoryMarker,
 } from '../repository/index.js';
 import { createSparseFileSink, restoreBackup, restoreToQcow2, type RestoreSummary } from '../restore/index.js';
 import { ConflictError, IntegrityError, InvalidInputError, NotFoundError } from '../util/errors.js';
@@ -52,6 +54,16 @@ async function open(repo: string | Repository): Promise<Repository> {
     throw new NotFoundError(`repository ${repo} does not exist`, { hint: 'check --repo (a backup creates the directory)' });
   }
   return openRepository(repo);
+}
+
+/** The repository marker of `repo`. @throws NotFoundError (no repository, or no marker), StoreError, IntegrityError. */
+export async function readRepositoryMarker(repo: string | Repository): Promise<RepositoryMarker> {
+  const r = await open(repo);
+  const marker = await r.marker();
+  if (typeof marker !== 'object') {
+    throw new NotFoundError(`${r.store.location} has no repository marker (${MARKER_NAME})`, { hint: `run \`fleece repo init ${r.store.location}\`` });
+  }
+  return marker;
 }
 
 /** Committed backups, oldest first, filtered by VM and disk. @throws NotFoundError (no repository), StoreError. */
@@ -200,6 +212,7 @@ export async function verifyBackup(
   options: { deep?: boolean; signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
 ): Promise<{ record: BackupRecord; report: VerifyReport }> {
   const r = await open(repo);
+  await r.requireMarker('verify');
   const record = await findBackup(r, selector);
   const report = await r.verify(record.backupId, options);
   return { record, report };
@@ -214,6 +227,7 @@ export async function deleteBackups(
   target: { backupId?: string; groupId?: string; cascade?: boolean; signal?: AbortSignal },
 ): Promise<DeleteReport> {
   const r = await open(repo);
+  await r.requireMarker('delete');
   const options = { ...(target.cascade ? { cascade: true } : {}), ...(target.signal ? { signal: target.signal } : {}) };
   if (target.backupId !== undefined) {
     await findBackup(r, { backupId: target.backupId });

@@ -89,6 +89,7 @@ export interface PruneResult {
  */
 export async function pruneBackups(request: PruneRequest): Promise<PruneResult> {
   const r = await open(request.repo);
+  await r.requireMarker('prune');
   const { records } = await r.scan(request.signal);
   if (request.policy.vm !== undefined && !records.some((x) => x.vm === request.policy.vm)) {
     throw new NotFoundError(`the repository ${r.store.location} has no backup of VM '${request.policy.vm}'`, { hint: `list the backups with \`fleece list --repo ${r.store.location}\`` });
@@ -183,6 +184,7 @@ export interface ConsolidateResult {
  */
 export async function consolidateBackups(request: ConsolidateRequest): Promise<ConsolidateResult> {
   const r = await open(request.repo);
+  await r.requireMarker('consolidate');
   const records = await resolveTarget(r, request.target, request.signal);
   const result: ConsolidateResult = { groupId: randomUUID(), disks: [] };
   try {
@@ -220,6 +222,8 @@ export interface ScrubRequest {
  */
 export async function scrubBackups(request: ScrubRequest): Promise<{ record?: BackupRecord; report: ScrubReport }> {
   const r = await open(request.repo);
+  await r.requireMarker('verify');
+  await r.unlock();
   const record = request.selector ? await findBackup(r, request.selector) : undefined;
   const report = await scrubRepository(r, {
     percent: request.percent,

@@ -1,4 +1,5 @@
 // The fleece command line: global options, the repository commands, the VM registry and the virsh-like commands.
+import { resolve as resolvePath } from 'node:path';
 import { Command, Option } from 'commander';
 import { pino } from 'pino';
 import { setRootLogger } from '../util/logger.js';
@@ -10,6 +11,7 @@ import { registerVmCommands } from './commands/vm.js';
 import { registerVirshCommands } from './commands/virsh.js';
 import { registerRecoverCommand } from './commands/recover.js';
 import { registerProviderCommands } from './commands/provider.js';
+import { registerRepoCommands } from './commands/repo.js';
 
 export const VERSION = '0.1.0';
 
@@ -37,12 +39,20 @@ export function buildProgram(signal: AbortSignal, env: NodeJS.ProcessEnv = proce
     .option('-q, --quiet', 'print only results and errors')
     .option('-v, --verbose', 'debug logs (with --log-file) and stack traces on errors')
     .option('--log-file <file>', 'write logs (pino JSON lines) to this file')
+    .option('--key-file <file>', 'the key of an encrypted repository (32 bytes; default $FLEECE_KEY_FILE)')
+    .option('--passphrase-file <file>', 'the passphrase of an encrypted repository (default $FLEECE_PASSPHRASE_FILE, or $FLEECE_PASSPHRASE itself)')
     .showHelpAfterError('(run the command with --help for its usage)')
     .exitOverride()
     .configureOutput({
       outputError: (text, write) => write(`fleece: ${text.replace(/^error: /, '')}`),
     });
   program.hook('preAction', () => setupLogging(program.opts<GlobalOptions>()));
+  // The repository layer takes an encrypted repository's key from the environment (as the daemon's children do).
+  program.hook('preAction', () => {
+    const { keyFile, passphraseFile } = program.opts<{ keyFile?: string; passphraseFile?: string }>();
+    if (keyFile !== undefined) process.env.FLEECE_KEY_FILE = resolvePath(keyFile);
+    if (passphraseFile !== undefined) process.env.FLEECE_PASSPHRASE_FILE = resolvePath(passphraseFile);
+  });
   const context = (): CliContext => createCliContext(program.opts<GlobalOptions>(), signal, env);
   registerBackupCommand(program, context);
   registerRepositoryCommands(program, context);
@@ -51,6 +61,7 @@ export function buildProgram(signal: AbortSignal, env: NodeJS.ProcessEnv = proce
   registerVirshCommands(program, context);
   registerRecoverCommand(program, context);
   registerProviderCommands(program, context);
+  registerRepoCommands(program, context);
   // Subcommands inherit exitOverride and the error output format.
   for (const command of program.commands) {
     command.exitOverride().showHelpAfterError('(run the command with --help for its usage)').configureOutput({

@@ -36,6 +36,8 @@ export interface DaemonConfigInput {
   /** Percent of the objects each scrub checks (default 5). */
   scrubSample?: number;
   scrubIntervalHours?: number;
+  /** Encrypted repositories' keys (config file only): `{"/backups/vm": {"keyFile": "/etc/fleece/vm.key"}}`, or `passphraseFile`. */
+  repositoryKeys?: Record<string, { keyFile?: string; passphraseFile?: string }>;
 }
 
 /** The resolved configuration. */
@@ -58,9 +60,11 @@ export interface DaemonConfig {
   exitWhenIdle?: number;
   /** A scrub of `repo` every `intervalMs`, `percent` of its objects each time. */
   scrub?: { repo: string; percent: number; intervalMs: number };
+  /** Encrypted repositories' keys by location (registered at start). */
+  repositoryKeys?: Record<string, { keyFile?: string; passphraseFile?: string }>;
 }
 
-const KEYS: Record<keyof DaemonConfigInput, 'string' | 'number' | 'boolean'> = {
+const KEYS: Record<keyof DaemonConfigInput, 'string' | 'number' | 'boolean' | 'object'> = {
   socket: 'string',
   tcp: 'string',
   tokenFile: 'string',
@@ -80,6 +84,7 @@ const KEYS: Record<keyof DaemonConfigInput, 'string' | 'number' | 'boolean'> = {
   scrubRepo: 'string',
   scrubSample: 'number',
   scrubIntervalHours: 'number',
+  repositoryKeys: 'object',
 };
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -200,7 +205,25 @@ export function resolveDaemonConfig(file: DaemonConfigInput, flags: DaemonConfig
     'nbdTlsDir/nbdTlsPsk',
   );
   if (nbdTls) config.nbdTls = nbdTls;
+  if (input.repositoryKeys !== undefined) config.repositoryKeys = checkRepositoryKeys(input.repositoryKeys);
   return config;
+}
+
+/** `repositoryKeys`: absolute locations (or s3://), each with exactly one absolute keyFile or passphraseFile. */
+function checkRepositoryKeys(value: unknown): Record<string, { keyFile?: string; passphraseFile?: string }> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new InvalidInputError('repositoryKeys must be an object of repository location → {keyFile} or {passphraseFile}');
+  const out: Record<string, { keyFile?: string; passphraseFile?: string }> = {};
+  for (const [location, source] of Object.entries(value as Record<string, unknown>)) {
+    if (!location.startsWith('/') && !location.startsWith('s3://')) throw new InvalidInputError(`repositoryKeys: '${location}' is not an absolute directory or an s3:// URL`);
+    const s = source as Record<string, unknown> | null;
+    const keys = typeof s === 'object' && s !== null ? Object.keys(s) : [];
+    const [kind] = keys;
+    if (keys.length !== 1 || (kind !== 'keyFile' && kind !== 'passphraseFile') || typeof s![kind] !== 'string' || !(s![kind] as string).startsWith('/')) {
+      throw new InvalidInputError(`repositoryKeys['${location}'] must be {"keyFile": "/absolute/path"} or {"passphraseFile": "/absolute/path"}`);
+    }
+    out[location] = { [kind]: s![kind] as string };
+  }
+  return out;
 }
 
 /** The HTTPS certificate and key (PEM). Throws InvalidInputError naming the file that cannot be read. */

@@ -9,6 +9,7 @@ import { ConflictError } from '../util/errors.js';
 import { getLogger, type Logger } from '../util/logger.js';
 import type { DaemonConfig } from './config.js';
 import { readHttpsFiles, readToken } from './config.js';
+import { registerRepositoryKeys } from '../app/repo-init.js';
 import type { Api } from './context.js';
 import { buildServer } from './server.js';
 import { daemonVersion } from './version.js';
@@ -39,6 +40,7 @@ export interface RunningDaemon {
  * and listen errors.
  */
 export async function startDaemon(config: DaemonConfig, logger?: Logger): Promise<RunningDaemon> {
+  if (config.repositoryKeys) registerRepositoryKeys(config.repositoryKeys);
   const token = config.tcp && config.tokenFile ? await readToken(config.tokenFile) : undefined;
   const https = config.tcp && config.https ? await readHttpsFiles(config.https) : undefined;
   await mkdir(config.stateDir, { recursive: true, mode: 0o700 });

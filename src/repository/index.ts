@@ -32,3 +32,11 @@ export {
   chainSegments, readChain, consolidateBackup,
   type ChainSegment, type ChainReadStats, type ReadChainOptions, type ConsolidateOptions, type ConsolidateReport,
 } from './consolidate.js';
+export {
+  MARKER_NAME, MARKER_VERSION, newMarker, readMarker, writeMarker, inspectLocation, isRepositoryPath,
+  type RepositoryMarker, type LocationContents,
+} from './marker.js';
+export {
+  createEncryption, unlockDataKey, keySourceFromEnv, keySourceFor, registerRepositoryKey, generateKeyBytes, DEFAULT_SCRYPT, ENCRYPTION_SCHEME, KEY_FILE_BYTES,
+  type EncryptionConfig, type KeySource, type KeySourceSpec,
+} from './crypto/keys.js';

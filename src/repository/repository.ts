@@ -17,6 +17,10 @@ import { BackupWriter, DEFAULT_LEASE, type BackupMode, type BackupSummary, type 
 import { scanCatalog, recordOf, resolveChain, type BackupRecord, type ScanProblem } from './catalog.js';
 import { verifyBackup, type VerifyOptions, type VerifyReport } from './verify.js';
 import { collectGarbage, type GcOptions, type GcReport } from './gc.js';
+import { MARKER_NAME, inspectLocation, newMarker, readMarker, writeMarker, type RepositoryMarker } from './marker.js';
+import { EncryptingStore } from './store/encrypting-store.js';
+import { LayoutView } from './store/layout-view.js';
+import { keySourceFor, unlockDataKey, type KeySourceSpec } from './crypto/keys.js';
 
 const log = getLogger('repository');
 
@@ -83,7 +87,11 @@ export interface RepositoryOptions {
   s3?: Omit<S3StoreOptions, 'bucket' | 'prefix'>;
   /** openRepository('s3://…'): retries of transient failures (default DEFAULT_RETRY_POLICY). */
   retry?: RetryPolicy;
+  /** An encrypted repository's key (default: the one registered for its location, else FLEECE_KEY_FILE, FLEECE_PASSPHRASE_FILE or FLEECE_PASSPHRASE). */
+  key?: KeySourceSpec;
 }
+
+type MarkerState = RepositoryMarker | undefined | 'unsupported';
 
 /**
  * Data objects at most 16 MiB on S3 (4 MiB on posix, see DEFAULT_CHUNK_SIZE): a quarter of the PUTs, list entries and
@@ -103,7 +111,77 @@ export class Repository {
   /** s3 layout: backup id → where its _metadata is (manifest names), from the last listing. */
   private index: Map<string, { container: string; names: string[] }> | undefined;
 
-  constructor(readonly store: ObjectStore, readonly options: RepositoryOptions = {}) {}
+  private markerRead: Promise<MarkerState> | undefined;
+  private markerMade: Promise<void> | undefined;
+
+  /** `known`: the marker openRepository read (else it is read on first use). */
+  constructor(readonly store: ObjectStore, readonly options: RepositoryOptions = {}, known?: { marker: MarkerState }) {
+    if (known) this.markerRead = Promise.resolve(known.marker);
+  }
+
+  /** The repository marker (read once): undefined when there is none, 'unsupported' for a store without root objects. */
+  marker(): Promise<MarkerState> {
+    this.markerRead ??= readMarker(this.store);
+    return this.markerRead;
+  }
+
+  /**
+   * An encrypted repository's data key, unlocked now (once): a missing or wrong key fails here, clearly, rather than
+   * as a problem of every object. Nothing for a plain repository. Throws InvalidInputError, IntegrityError.
+   */
+  async unlock(): Promise<void> {
+    if (this.store instanceof EncryptingStore) await this.store.unlock();
+  }
+
+  /**
+   * Refuses `action` (gc, delete, verify…) unless the location has a repository marker: a mistyped --repo is never
+   * taken for a repository. Throws NotFoundError (empty), InvalidInputError (other files; backups without a marker).
+   */
+  async requireMarker(action: string): Promise<void> {
+    if ((await this.marker()) !== undefined) return;
+    this.markerRead = undefined; // made since it was read (`fleece repo init` elsewhere)?
+    if ((await this.marker()) !== undefined) return;
+    const where = this.store.location;
+    const contents = await inspectLocation(this.store, this.layout);
+    if (contents.kind === 'foreign') {
+      throw new InvalidInputError(`${where} is not a fleece repository (it has no ${MARKER_NAME} and holds other files, e.g. ${contents.examples.join(', ')}): refusing to ${action} there`, {
+        hint: 'check --repo: it must name a repository (made by `fleece repo init` or a first backup)',
+      });
+    }
+    if (contents.kind === 'empty') {
+      throw new NotFoundError(`${where} is not a fleece repository (it is empty and has no ${MARKER_NAME}): nothing to ${action}`, {
+        hint: 'check --repo; `fleece repo init LOCATION` or a first backup creates a repository',
+      });
+    }
+    throw new InvalidInputError(`${where} holds backups but no repository marker (${MARKER_NAME}): written by an older fleece or by Cinder; refusing to ${action} there`, {
+      hint: `run \`fleece repo init ${where}\` once to adopt it as a fleece repository`,
+    });
+  }
+
+  /**
+   * Before the first write: an empty location gets a marker, one that holds only backups (an older fleece's, or
+   * Cinder's) is adopted; one that holds anything else is refused (ConflictError). Throws StoreError.
+   */
+  private ensureMarker(): Promise<void> {
+    this.markerMade ??= (async () => {
+      if ((await this.marker()) !== undefined) return;
+      const contents = await inspectLocation(this.store, this.layout);
+      if (contents.kind === 'foreign') {
+        throw new ConflictError(`${this.store.location} is neither empty nor a fleece repository (it holds other files, e.g. ${contents.examples.join(', ')}): refusing to write a backup into it`, {
+          hint: 'back up into an empty or new directory (or prefix), or into an existing repository',
+        });
+      }
+      const marker = newMarker(this.layout, null, contents.kind === 'cinder');
+      if (await writeMarker(this.store, marker, { exclusive: true })) {
+        this.markerRead = Promise.resolve(marker);
+        log.info({ location: this.store.location, adopted: contents.kind === 'cinder' }, 'repository marker written');
+      } else {
+        this.markerRead = undefined; // another process made it first
+      }
+    })();
+    this.markerMade.catch(() => { this.markerMade = undefined; });
+    return this.markerMade;
+  }
 
   get layout(): RepositoryLayout {
     return this.options.layout ?? 'posix';
@@ -116,6 +194,10 @@ export class Repository {
   async startBackup(options: StartBackupOptions): Promise<BackupWriter> {
     const mode = options.mode ?? (options.parent ? undefined : 'full');
     if (!mode) throw new InvalidInputError('an incremental backup needs a mode', { hint: "use 'changed-extents' (dirty bitmap) or 'compare' (read all, store what changed)" });
+    await this.ensureMarker();
+    const marker = await this.marker();
+    const encryption = typeof marker === 'object' && marker.encryption ? { scheme: marker.encryption.scheme, key_id: marker.encryption.key_id } : undefined;
+    if (encryption) await this.unlock(); // a missing or wrong key fails before any read
     if (options.backupId !== undefined) {
       checkBackupId(options.backupId);
       if ((await this.locate(options.backupId, options.signal, true)) !== undefined) {
@@ -150,6 +232,7 @@ export class Repository {
       vm: options.vm, disk: options.disk, checkpoint: options.checkpoint, incrementalFrom: options.incrementalFrom,
       groupId: options.groupId, guestConfig: options.guestConfig, workers: options.workers, queueDepth: options.queueDepth, signal: options.signal, now: options.now,
       digestTable: this.options.digestTable,
+      ...(encryption ? { encryption } : {}),
       ...(this.layout === 's3' ? {
         layout: 's3' as const, availabilityZone: this.options.availabilityZone, lease: this.options.lease ?? DEFAULT_LEASE,
         // 16 MiB segments: at most 8 in flight (≤ 256 MiB with their compressed copies), whatever the core count
@@ -309,7 +392,7 @@ export class Repository {
 
   /** The raw stored bytes of a data object. Throws ObjectNotFoundError naming it. */
   async readObject(record: BackupRecord, entry: ObjectEntry, signal?: AbortSignal): Promise<Buffer> {
-    return this.store.get(record.container, entry.name, { signal });
+    return this.store.get(record.container, entry.name, { signal, offset: entry.offset });
   }
 
   /** Backups whose parent is `backupId`, transitively, newest first. Throws StoreError. */
@@ -333,6 +416,8 @@ export class Repository {
 
   /** Checks a backup (see VerifyOptions); problems are reported, not thrown. Throws NotFoundError for an unknown backup. */
   async verify(backupId: string, options: VerifyOptions = {}): Promise<VerifyReport> {
+    await this.requireMarker('verify');
+    await this.unlock();
     return verifyBackup(this, backupId, options);
   }
 
@@ -341,6 +426,7 @@ export class Repository {
    * Throws ConflictError when other backups depend on it and cascade is not set; NotFoundError when unknown.
    */
   async delete(backupId: string, options: DeleteOptions = {}): Promise<DeleteReport> {
+    await this.requireMarker('delete');
     const { record } = await this.load(backupId);
     const dependants = await this.dependants(backupId, options.signal);
     if (dependants.length > 0 && !options.cascade) {
@@ -362,7 +448,11 @@ export class Repository {
 
   /** Removes objects no _metadata references, older than the grace period. Throws StoreError. */
   async gc(options: GcOptions = {}): Promise<GcReport> {
-    return collectGarbage(await ListingSnapshot.of(this.store, { signal: options.signal }), options, this.layout);
+    await this.requireMarker('gc');
+    const snapshot = await ListingSnapshot.of(this.store, { signal: options.signal });
+    // a real location: only what the layout names (a stray file in the directory is never garbage)
+    const view = (await this.marker()) === 'unsupported' ? snapshot : new LayoutView(snapshot, this.layout);
+    return collectGarbage(view, options, this.layout);
   }
 }
 
@@ -371,7 +461,7 @@ export class Repository {
  * Throws StoreError when the directory cannot be created.
  */
 export async function openRepository(root: string | ObjectStore, options: RepositoryOptions = {}): Promise<Repository> {
-  if (typeof root !== 'string') return new Repository(options.layout === 's3' && !(root instanceof KeyNamedStore) ? new KeyNamedStore(root) : root, options);
+  if (typeof root !== 'string') return repositoryOver(options.layout === 's3' && !(root instanceof KeyNamedStore) ? new KeyNamedStore(root) : root, options);
   if (isS3Location(root)) return openS3Repository(root, options);
   const { mkdir } = await import('node:fs/promises');
   try {
@@ -380,7 +470,7 @@ export async function openRepository(root: string | ObjectStore, options: Reposi
     const { StoreError } = await import('./store/object-store.js');
     throw new StoreError(`cannot create the repository directory ${root}: ${(error as Error).message}`, { cause: error });
   }
-  return new Repository(new FsObjectStore(root), options);
+  return repositoryOver(new FsObjectStore(root), options);
 }
 
 /**
@@ -394,7 +484,19 @@ async function openS3Repository(text: string, options: RepositoryOptions): Promi
   const s3 = new S3ObjectStore({ ...options.s3, bucket, prefix });
   const policy = options.retry ?? DEFAULT_RETRY_POLICY;
   await withRetry(`opening ${s3.location}`, () => s3.probe(), policy);
-  return new Repository(new KeyNamedStore(new RetryStore(s3, policy)), { ...options, layout: 's3' });
+  return repositoryOver(new KeyNamedStore(new RetryStore(s3, policy)), { ...options, layout: 's3' });
+}
+
+/**
+ * The repository over `store`, its marker read: an encrypted one's data objects go through an EncryptingStore
+ * whose key is unlocked on first use (listing needs none). Throws StoreError, IntegrityError (a damaged marker).
+ */
+async function repositoryOver(store: ObjectStore, options: RepositoryOptions): Promise<Repository> {
+  const marker = await readMarker(store);
+  if (typeof marker !== 'object' || marker.encryption === null) return new Repository(store, options, { marker });
+  const { encryption, id } = marker;
+  const key = options.key ?? keySourceFor(store.location);
+  return new Repository(new EncryptingStore(store, id, () => unlockDataKey(encryption, id, key, store.location)), options, { marker });
 }
 
 export type { BackupRecord, BackupSummary, BackupMode };

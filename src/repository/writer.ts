@@ -73,6 +73,8 @@ export interface WriterOptions {
   name?: string | null;
   description?: string | null;
   volumeMeta?: string | null;
+  /** An encrypted repository's scheme and key id, recorded as `extra_metadata.encryption` (the store seals the objects). */
+  encryption?: { scheme: string; key_id: string };
   vm?: string;
   disk?: string;
   checkpoint?: string;
@@ -534,7 +536,7 @@ export class BackupWriter {
         this.bytesChanged += obj.length;
         this.bytesStored += obj.data.length;
         // Stored as read (codec none): Cinder's md5 (of the data) is the md5 of the object, the store's Content-MD5.
-        puts.push(this.putLimited(name, obj.data, obj.compression === 'none' ? obj.md5 : undefined));
+        puts.push(this.putLimited(name, obj.data, (startBlock + obj.block) * this.bs, obj.compression === 'none' ? obj.md5 : undefined));
       }
       // Every put of this segment is done (objects of codec none are views of it): its buffer can be reused.
       void Promise.all(puts).then(() => { this.recycle(result.input); this.releaseSlot(); }, (error: unknown) => { this.releaseSlot(); this.fail(error); });
@@ -542,14 +544,14 @@ export class BackupWriter {
     this.tail.catch((error: unknown) => this.fail(error));
   }
 
-  private async putLimited(name: string, data: Uint8Array, md5?: string): Promise<void> {
+  private async putLimited(name: string, data: Uint8Array, offset: number, md5?: string): Promise<void> {
     while (this.putsRunning >= this.putConcurrency) await new Promise<void>((resolve) => this.putWaiters.push(resolve));
     this.putsRunning += 1;
     try {
       if (this.state === 'aborted' || this.state === 'failed') return;
       this.written.push(name);
       // Durable bytes now, durable name at the container sync in finish() (before the _metadata).
-      await this.store.put(this.container, name, data, { signal: this.signal, deferContainerSync: true, md5 });
+      await this.store.put(this.container, name, data, { signal: this.signal, deferContainerSync: true, md5, offset });
     } finally {
       this.putsRunning -= 1;
       this.putWaiters.shift()?.();
@@ -612,7 +614,7 @@ export class BackupWriter {
         ...(o.guestConfig !== undefined ? { guest_config: o.guestConfig } : {}),
       };
       const meta: BackupMetadata = {
-        ...header, extra_metadata: { fleece }, objects: this.entries, parent_id: o.parent?.backupId ?? null,
+        ...header, extra_metadata: { fleece, ...(o.encryption ? { encryption: o.encryption } : {}) }, objects: this.entries, parent_id: o.parent?.backupId ?? null,
         version: FORMAT_VERSION, volume_meta: o.volumeMeta ?? null,
       };
       this.checkFinishing();

@@ -8,6 +8,7 @@ import { openRepository, type Repository } from '../../src/repository/repository
 import { alignRangesToBlocks, type Extent } from '../../src/repository/extents.js';
 import { createSparseFileSink } from '../../src/restore/file-sink.js';
 import { restoreBackup } from '../../src/restore/restore.js';
+import { initRepository } from '../../src/app/repo-init.js';
 import { allocatedExtents, mixedDisk, sha } from '../unit/repository/disk-images.js';
 
 const SCRIPT = join(process.cwd(), 'test/compat/cinder_restore.py');
@@ -76,6 +77,9 @@ it('fleece restores a chain written by the Python Cinder writer (bz2 and zlib ob
     }
     expect(sha(await readFile(join(dir, `${id}.out`)))).toBe(sha(disk));
   }
+  // verify acts on repositories only: Cinder's directory is one once `fleece repo init` adopted it
+  expect(String(await repo.verify(incId).catch((e: unknown) => e))).toContain(`run \`fleece repo init ${root}\``);
+  expect((await initRepository({ location: root })).adopted).toBe(true);
   const report = await repo.verify(incId, { deep: true });
   expect(report.problems).toEqual([]);
   expect((await repo.list()).map((r) => r.backupId).sort()).toEqual([fullId, incId].sort());

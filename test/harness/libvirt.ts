@@ -462,6 +462,9 @@ async function withLock<T>(dir: string, timeoutMs: number, fn: () => Promise<T>)
 
 // ---- one-time system setup -------------------------------------------------------------------------------------
 
+/** libvirt's backup_tls_x509_cert_dir (ca-cert.pem, server-cert.pem, server-key.pem): shared by every test libvirtd. */
+export const LIBVIRT_BACKUP_TLS_DIR = '/var/tmp/fleece-libvirt-backup-tls';
+
 /** What a root libvirtd needs in /etc/libvirt/qemu.conf (the only qemu.conf it reads) on a machine without systemd. */
 const QEMU_CONF_SETTINGS: [key: string, value: string][] = [
   ['stdio_handler', '"file"'], // QEMU's output to /var/log/libvirt/qemu/<name>.log directly: no virtlogd
@@ -469,6 +472,8 @@ const QEMU_CONF_SETTINGS: [key: string, value: string][] = [
   ['group', '"root"'],
   ['security_driver', '"none"'],
   ['namespaces', '[ ]'],
+  // backups with <server transport='tcp' tls='yes'>: QEMU's server certificates (a test copies them in)
+  ['backup_tls_x509_cert_dir', `"${LIBVIRT_BACKUP_TLS_DIR}"`],
 ];
 const QEMU_CONF_MARKER = '# fleece test harness (test/harness/libvirt.ts):';
 
@@ -483,7 +488,7 @@ export function withQemuConfSettings(text: string): string {
       continue;
     }
     if (line.startsWith(QEMU_CONF_MARKER)) continue;
-    const match = /^\s*([a-z_]+)\s*=\s*(.*)$/.exec(line);
+    const match = /^\s*([a-z0-9_]+)\s*=\s*(.*)$/.exec(line);
     if (match && keys.has(match[1]!)) {
       const value = match[2]!;
       skippingList = value.trimStart().startsWith('[') && !value.includes(']');
@@ -515,6 +520,7 @@ async function mustRun(command: string, args: string[], timeoutMs = 60_000): Pro
  * once). Idempotent.
  */
 async function prepareSystem(dir: string, mode: Mode): Promise<void> {
+  await mkdir(LIBVIRT_BACKUP_TLS_DIR, { recursive: true, mode: 0o700 }); // libvirtd refuses to start without it
   if (!(await succeeds('getent', ['group', 'libvirt-qemu']))) {
     await mustRun('groupadd', ['-r', 'libvirt-qemu']);
   }

@@ -1,5 +1,5 @@
 // The posix ObjectStore adapter: one directory per container, objects written to a temp name, fsynced, renamed.
-import { open, readFile, readdir, rename, stat, unlink, mkdir, rmdir } from 'node:fs/promises';
+import { link, open, readFile, readdir, rename, stat, unlink, mkdir, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fsyncDirectory } from '../../util/atomic-file.js';
@@ -10,6 +10,7 @@ import {
   ObjectNotFoundError, StoreError, checkObjectPath,
   type ObjectInfo, type ObjectStore, type PutOptions, type StoreCallOptions,
 } from './object-store.js';
+import type { HoldsRootObjects } from './root-objects.js';
 
 const log = getLogger('repository.fs-store');
 const TEMP_SUFFIX = '.tmp';
@@ -51,8 +52,8 @@ export interface FsObjectStoreOptions {
   writeDirect?: typeof writeFileDirect;
 }
 
-/** A directory tree as an ObjectStore: `<root>/<container>/<name>`. */
-export class FsObjectStore implements ObjectStore {
+/** A directory tree as an ObjectStore: `<root>/<container>/<name>`; root objects are files in `<root>` itself. */
+export class FsObjectStore implements ObjectStore, HoldsRootObjects {
   readonly location: string;
   private direct: boolean;
   private pool: AlignedBufferPool | undefined;
@@ -297,5 +298,66 @@ export class FsObjectStore implements ObjectStore {
       }
     };
     yield* walk.call(this, '');
+  }
+
+  async getRoot(name: string): Promise<Buffer | undefined> {
+    checkObjectPath(this.root, '.root', name);
+    try {
+      return await readFile(join(this.root, name));
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') return undefined;
+      this.fail('read', '.', name, error);
+    }
+  }
+
+  async putRoot(name: string, data: Uint8Array, options: { exclusive?: boolean } = {}): Promise<boolean> {
+    checkObjectPath(this.root, '.root', name);
+    const tmp = join(this.root, `.${name}.${randomBytes(6).toString('hex')}${TEMP_SUFFIX}`);
+    try {
+      await mkdir(this.root, { recursive: true });
+      const handle = await open(tmp, 'wx', 0o644);
+      try {
+        await handle.writeFile(data);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      if (options.exclusive) {
+        const linked = await link(tmp, join(this.root, name)).then(() => true, (error: unknown) => { // the first writer wins
+          if (errnoOf(error) === 'EEXIST') return false;
+          throw error;
+        });
+        await unlink(tmp);
+        if (!linked) return false;
+      } else {
+        await rename(tmp, join(this.root, name));
+      }
+      await fsyncDirectory(this.root);
+      return true;
+    } catch (error) {
+      await unlink(tmp).catch(() => undefined);
+      this.fail('write', '.', name, error);
+    }
+  }
+
+  async listEverything(limit: number): Promise<string[]> {
+    const out: string[] = [];
+    const walk = async (rel: string): Promise<void> => {
+      let entries;
+      try {
+        entries = await readdir(rel === '' ? this.root : join(this.root, rel), { withFileTypes: true });
+      } catch (error) {
+        if (errnoOf(error) === 'ENOENT') return;
+        this.fail('list', rel || '.', undefined, error);
+      }
+      for (const entry of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
+        if (out.length >= limit) return;
+        const path = rel === '' ? entry.name : `${rel}/${entry.name}`;
+        if (entry.isDirectory()) await walk(path);
+        else out.push(path);
+      }
+    };
+    await walk('');
+    return out;
   }
 }

@@ -50,6 +50,8 @@ export interface ObjectStore {
 
 export interface StoreCallOptions {
   signal?: AbortSignal;
+  /** A data object's disk offset (from its manifest entry): what an encrypted repository binds it to. */
+  offset?: number;
 }
 
 export interface PutOptions extends StoreCallOptions {

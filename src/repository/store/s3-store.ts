@@ -32,6 +32,7 @@ import { formatS3Location } from './s3-location.js';
 import { S3StoreError } from './s3-store-error.js';
 import { DEFAULT_RETRY_POLICY, withRetry, type RetryPolicy } from './retry-store.js';
 import type { ListedObject, ListsEverything } from './listing-snapshot.js';
+import type { HoldsRootObjects } from './root-objects.js';
 
 const log = getLogger('repository.s3-store');
 
@@ -131,7 +132,7 @@ function parseTemporaryName(temp: string): { name: string; uploadId: string } | 
 }
 
 /** One bucket (and prefix) as an ObjectStore. Create it with the options or let the SDK find everything. */
-export class S3ObjectStore implements ObjectStore, ListsEverything {
+export class S3ObjectStore implements ObjectStore, ListsEverything, HoldsRootObjects {
   readonly location: string;
   readonly bucket: string;
   readonly prefix: string;
@@ -538,6 +539,50 @@ export class S3ObjectStore implements ObjectStore, ListsEverything {
       if ((error as SdkError).name === 'NoSuchUpload') return;
       this.fail('delete', container, name, error, options.signal);
     }
+  }
+
+  /** A key at the prefix's root (`<prefix>/<name>`): no container, so listAll, the catalog and gc never see it. */
+  async getRoot(name: string, options: StoreCallOptions = {}): Promise<Buffer | undefined> {
+    checkObjectPath(this.location, '.root', name);
+    try {
+      const out = await this.send<{ Body?: { transformToByteArray(): Promise<Uint8Array> } }>(
+        new GetObjectCommand({ Bucket: this.bucket, Key: `${this.root}${name}` }), options.signal);
+      return Buffer.from(await out.Body!.transformToByteArray());
+    } catch (error) {
+      try {
+        this.fail('read', '.', name, error, options.signal);
+      } catch (failure) {
+        if (failure instanceof ObjectNotFoundError) return undefined;
+        throw failure;
+      }
+    }
+  }
+
+  /** `exclusive` asks first (S3 has no portable create-if-absent): two creators at one instant may both write. */
+  async putRoot(name: string, data: Uint8Array, options: StoreCallOptions & { exclusive?: boolean } = {}): Promise<boolean> {
+    checkObjectPath(this.location, '.root', name);
+    if (options.exclusive && (await this.getRoot(name, options)) !== undefined) return false;
+    try {
+      await this.putOne(`${this.root}${name}`, data, options.signal);
+      return true;
+    } catch (error) {
+      this.fail('write', '.', name, error, options.signal);
+    }
+  }
+
+  async listEverything(limit: number, options: StoreCallOptions = {}): Promise<string[]> {
+    const out: string[] = [];
+    try {
+      for await (const page of this.pages(this.root, undefined, options.signal)) {
+        for (const o of page) {
+          if (out.length >= limit) return out;
+          out.push(o.Key!.slice(this.root.length));
+        }
+      }
+    } catch (error) {
+      this.fail('list', undefined, undefined, error, options.signal);
+    }
+    return out;
   }
 
   /** Closes the connections (the process can exit at once). */
