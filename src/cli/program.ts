@@ -1,6 +1,5 @@
 // The fleece command line: global options, the repository commands, the VM registry and the virsh-like commands.
 import { Command, Option } from 'commander';
-import { pino } from 'pino';
 import { setRootLogger } from '../util/logger.js';
 import { createCliContext, type CliContext, type GlobalOptions } from './context.js';
 import { registerBackupCommand } from './commands/backup.js';
@@ -14,8 +13,9 @@ import { registerProviderCommands } from './commands/provider.js';
 export const VERSION = '0.1.0';
 
 /** Points the shared pino logger at --log-file (debug with --verbose, info otherwise). */
-function setupLogging(options: GlobalOptions): void {
+async function setupLogging(options: GlobalOptions): Promise<void> {
   if (!options.logFile) return;
+  const { pino } = await import('pino');
   const destination = pino.destination({ dest: options.logFile, sync: true, mkdir: true });
   setRootLogger(pino({ name: 'fleece', level: options.verbose ? 'debug' : 'info' }, destination));
 }
@@ -42,7 +42,7 @@ export function buildProgram(signal: AbortSignal, env: NodeJS.ProcessEnv = proce
     .configureOutput({
       outputError: (text, write) => write(`fleece: ${text.replace(/^error: /, '')}`),
     });
-  program.hook('preAction', () => setupLogging(program.opts<GlobalOptions>()));
+  program.hook('preAction', async () => setupLogging(program.opts<GlobalOptions>()));
   const context = (): CliContext => createCliContext(program.opts<GlobalOptions>(), signal, env);
   registerBackupCommand(program, context);
   registerRepositoryCommands(program, context);

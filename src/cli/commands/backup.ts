@@ -4,11 +4,10 @@ import { Option, type Command } from 'commander';
 import type { RepositoryBackupSummary } from '../../app/backup-to-repository.js';
 import { checkBackupRequest, type BackupRequest } from '../../app/backup-request.js';
 import { repoLocation } from '../../app/repo-location.js';
-import { resolveBackupTarget, runBackup } from '../../app/run-backup.js';
 import { backupThroughProvider } from './provider.js';
 import type { Compression } from '../../app/vocabulary.js';
 import type { CliContext } from '../context.js';
-import { detectDaemon, type DaemonClient } from '../daemon-client.js';
+import type { DaemonClient } from '../daemon-client.js';
 import { AbortedError, FleeceError } from '../../util/errors.js';
 import { collect, parseByteSize, parsePositiveInt } from '../errors.js';
 import { formatBytes } from '../progress.js';
@@ -103,6 +102,8 @@ Examples:
       }
       const request = requestFromFlags(vm, flags);
       if (request.provider !== undefined) return backupThroughProvider(ctx, request);
+      // Loaded here, not at start-up: the backup machinery is most of fleece (lazy imports keep small commands fast).
+      const [{ detectDaemon }, { resolveBackupTarget, runBackup }] = await Promise.all([import('../daemon-client.js'), import('../../app/run-backup.js')]);
       // One process owns each VM: when a fleeced runs and knows this VM, the backup is its job.
       const daemon = await detectDaemon(ctx.daemonSocket);
       if (daemon && (await daemon.listVms()).some((v) => v.name === vm)) {
