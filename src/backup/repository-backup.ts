@@ -16,6 +16,7 @@ import {
   DEFAULT_SHA_BLOCK_SIZE,
   alignRangesToBlocks,
   openRepository,
+  prestartWorkers,
   type BackupRecord,
   type BackupWriter,
   type Compression,
@@ -227,6 +228,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   const quiesce: QuiesceMode = options.quiesce === true ? 'yes' : options.quiesce === false || options.quiesce === undefined ? 'no' : options.quiesce;
   throwIfAborted(signal, `the backup of VM '${vm}'`);
   const repo = typeof options.repo === 'string' ? await openRepository(options.repo) : options.repo;
+  // The writers' hashing/compression workers boot while the point in time is taken.
+  prestartWorkers();
 
   // 1. Level: the VM's disks, checkpoints and their state, and what the repository holds.
   const inspection = await plane.inspect(signal ? { signal } : {});
