@@ -358,7 +358,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         // as fast as 8 of 1 MiB, with 4× fewer requests.
         for await (const piece of readExtents(source!, data, {
           maxRequest: Math.min(writer.chunkSize, 32 * 1024 * 1024),
-          concurrency: 4,
+          // At most 32 MiB of read-ahead (S3's 16 MiB objects: 2 requests in flight; the peak RSS budget, writer.ts).
+          concurrency: Math.max(1, Math.min(4, Math.floor((32 * 1024 * 1024) / Math.min(writer.chunkSize, 32 * 1024 * 1024)))),
           allocate: () => writer.bufferForRead(),
           trim: source!.canTrim && (options.trim ?? false),
           signal: inner.signal,
