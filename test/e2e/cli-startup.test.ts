@@ -58,6 +58,14 @@ describe('fleece start-up', () => {
     expect(heavyIn(modules)).toEqual([]);
   });
 
+  test('backup of a bare QEMU loads neither execa nor the provider contracts (typebox) nor the daemon', async () => {
+    // No QEMU listens: the command fails once the backup code is loaded, before anything is touched.
+    const { exitCode, modules } = await modulesOf(['backup', 'vm1', '--qmp', join(dir, 'no-qmp.sock'), '--repo', join(dir, 'repo-b')]);
+    expect(exitCode).not.toBe(0);
+    expect(modules.some((m) => m.endsWith('/dist/src/backup/repository-backup.js'))).toBe(true);
+    expect(modules.filter((m) => ['execa', 'typebox', 'fastify', '@aws-sdk/client-s3'].includes(packageOf(m) ?? '') || m.includes('/dist/src/daemon/'))).toEqual([]);
+  });
+
   test('list --repo DIR loads the repository code, not its codecs, the restore code or any control plane', async () => {
     await mkdir(join(dir, 'repo'));
     const { exitCode, stdout, modules } = await modulesOf(['list', '--repo', join(dir, 'repo'), '--json']);
