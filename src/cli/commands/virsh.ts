@@ -1,14 +1,13 @@
 // virsh's backup and checkpoint verbs (libvirt 9.0 names, arguments and output), through fleeced or directly.
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { nbdTlsFromSettings } from '../../app/nbd-tls-settings.js';
 import type { JobInfo } from '../../app/jobs/job-info.js';
 import { FleeceError, InvalidInputError, NotFoundError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import type { DaemonClient } from '../daemon-client.js';
 import type { CheckpointListOptions } from '../virsh-format.js';
 import type { CheckpointOps, VirshTarget } from './virsh-backend.js';
-import { PRIVATE_DAEMON_IDLE_SECONDS, startPrivateDaemon, type PrivateDaemon } from './virsh-private-daemon.js';
+import type { PrivateDaemon } from './virsh-private-daemon.js';
 
 // What the verbs run on (QMP, checkpoints, XML parsing) loads in the action of the verb that runs, not at start-up.
 const backend = () => import('./virsh-backend.js');
@@ -70,6 +69,7 @@ async function backupBegin(
   // Bad input fails here, before any daemon is started or QEMU touched.
   const backupXml = files.backup !== undefined ? await readXmlFile(files.backup, 'backup') : undefined;
   const checkpointXml = files.checkpoint !== undefined ? await readXmlFile(files.checkpoint, 'checkpoint') : undefined;
+  const { nbdTlsFromSettings } = await import('../../app/nbd-tls-settings.js');
   const tls = nbdTlsFromSettings(
     {
       ...(tlsFlags.tlsDir !== undefined ? { dir: resolve(tlsFlags.tlsDir) } : {}),
@@ -90,6 +90,7 @@ async function backupBegin(
     const withTls = tls
       ? { ...entry, ...(tls.type === 'x509' ? { tlsDir: tls.dir, tlsPsk: undefined } : { tlsPsk: tls.file, tlsDir: undefined }) }
       : entry;
+    const { PRIVATE_DAEMON_IDLE_SECONDS, startPrivateDaemon } = await import('./virsh-private-daemon.js');
     own = await startPrivateDaemon(ctx, withTls);
     client = own.client;
     ctx.info(
