@@ -6,7 +6,6 @@ import type { BackupRegistry } from '../backup/backup-registry.js';
 import type { ControlPlane } from '../backup/control/control-plane.js';
 import { LibvirtControlPlane, libvirtCheckpoints } from '../backup/control/libvirt-control-plane.js';
 import { domainDisks } from '../backup/control/libvirt-domain-disks.js';
-import { OfflineControlPlane } from '../backup/control/offline-control-plane.js';
 import { QmpControlPlane } from '../backup/control/qmp-control-plane.js';
 import { CheckpointManager } from '../checkpoint/manager.js';
 import { CheckpointStore } from '../checkpoint/store.js';
@@ -47,6 +46,8 @@ export async function openControlPlane(entry: VmEntry, env: PlaneEnvironment): P
         const { disks, skipped } = domainDisks(xml);
         const { checkpoints } = await libvirtCheckpoints(conn, entry.name, { validate: false });
         await conn.close();
+        // Loaded for shut-off domains only (it brings qemu-storage-daemon's code and execa: not the running VM's start-up).
+        const { OfflineControlPlane } = await import('../backup/control/offline-control-plane.js');
         return new OfflineControlPlane({
           vm: entry.name,
           disks: disks.map((d) => {

@@ -1,6 +1,7 @@
 // Where a repository is, as the CLI and the daemon take it: an s3:// URL as it is, or a directory.
 import { resolve } from 'node:path';
-import { isS3Location } from '../repository/index.js';
+// The S3 location parser alone, not the repository index: the CLI's option parsing stays light (start-up).
+import { isS3Location } from '../repository/store/s3-location.js';
 
 /** `--repo` text as the app takes it: `s3://bucket[/prefix]` unchanged, a directory made absolute. */
 export function repoLocation(text: string): string {

@@ -14,7 +14,8 @@ import {
   MARKER_NAME,
   type RepositoryMarker,
 } from '../repository/index.js';
-import { createSparseFileSink, restoreBackup, restoreToQcow2, type RestoreSummary } from '../restore/index.js';
+// The restore code (and execa, for qemu-img) loads in restoreToFile only: `fleece list` and the daemon start without it.
+import type { RestoreSummary } from '../restore/index.js';
 import { ConflictError, IntegrityError, InvalidInputError, NotFoundError } from '../util/errors.js';
 
 /** Which backup: an id, or the newest backup of a VM's disk (at or before `at`). */
@@ -170,6 +171,7 @@ export async function restoreToFile(
   request: RestoreRequest,
   hooks: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
 ): Promise<{ record: BackupRecord; summary: RestoreSummary; out: string; format: 'raw' | 'qcow2' }> {
+  const { createSparseFileSink, restoreBackup, restoreToQcow2 } = await import('../restore/index.js');
   const repo = await open(request.repo);
   const record = await findBackup(repo, request.selector);
   const format = request.format ?? 'raw';

@@ -16,6 +16,7 @@ import {
   DEFAULT_SHA_BLOCK_SIZE,
   alignRangesToBlocks,
   openRepository,
+  prestartWorkers,
   type BackupRecord,
   type BackupWriter,
   type Compression,
@@ -287,6 +288,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   const quiesce: QuiesceMode = options.quiesce === true ? 'yes' : options.quiesce === false || options.quiesce === undefined ? 'no' : options.quiesce;
   throwIfAborted(signal, `the backup of VM '${vm}'`);
   const repo = typeof options.repo === 'string' ? await openRepository(options.repo) : options.repo;
+  // The writers' hashing/compression workers boot while the point in time is taken.
+  prestartWorkers();
 
   // 1. Level: the VM's disks, checkpoints and their state, and what the repository holds.
   const inspection = await plane.inspect(signal ? { signal } : {});
@@ -450,8 +453,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         // as fast as 8 of 1 MiB, with 4× fewer requests.
         for await (const piece of readExtents(source!, data, {
           maxRequest: Math.min(writer.chunkSize, 32 * 1024 * 1024),
-          // 4 in flight, but at most 32 MiB of them (2 of S3's 16 MiB objects): memory stays bounded.
-          concurrency: Math.max(2, Math.min(4, Math.floor((32 * 1024 * 1024) / writer.chunkSize))),
+          // At most 32 MiB of read-ahead (S3's 16 MiB objects: 2 requests in flight; the peak RSS budget, writer.ts).
+          concurrency: Math.max(1, Math.min(4, Math.floor((32 * 1024 * 1024) / Math.min(writer.chunkSize, 32 * 1024 * 1024)))),
           allocate: () => writer.bufferForRead(),
           trim: source!.canTrim && (options.trim ?? false),
           signal: inner.signal,

@@ -1,7 +1,6 @@
 // The fleece command line: global options, the repository commands, the VM registry and the virsh-like commands.
 import { resolve as resolvePath } from 'node:path';
 import { Command, Option } from 'commander';
-import { pino } from 'pino';
 import { setRootLogger } from '../util/logger.js';
 import { createCliContext, type CliContext, type GlobalOptions } from './context.js';
 import { registerBackupCommand } from './commands/backup.js';
@@ -16,8 +15,9 @@ import { registerRepoCommands } from './commands/repo.js';
 export const VERSION = '0.1.0';
 
 /** Points the shared pino logger at --log-file (debug with --verbose, info otherwise). */
-function setupLogging(options: GlobalOptions): void {
+async function setupLogging(options: GlobalOptions): Promise<void> {
   if (!options.logFile) return;
+  const { pino } = await import('pino');
   const destination = pino.destination({ dest: options.logFile, sync: true, mkdir: true });
   setRootLogger(pino({ name: 'fleece', level: options.verbose ? 'debug' : 'info' }, destination));
 }
@@ -46,7 +46,7 @@ export function buildProgram(signal: AbortSignal, env: NodeJS.ProcessEnv = proce
     .configureOutput({
       outputError: (text, write) => write(`fleece: ${text.replace(/^error: /, '')}`),
     });
-  program.hook('preAction', () => setupLogging(program.opts<GlobalOptions>()));
+  program.hook('preAction', async () => setupLogging(program.opts<GlobalOptions>()));
   // The repository layer takes an encrypted repository's key from the environment (as the daemon's children do).
   program.hook('preAction', () => {
     const { keyFile, passphraseFile } = program.opts<{ keyFile?: string; passphraseFile?: string }>();

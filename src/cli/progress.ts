@@ -1,5 +1,9 @@
 // Progress output of long commands: a bar with bytes, rate and ETA on a TTY, plain lines when piped, nothing with --quiet.
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
+import type cliProgressModule from 'cli-progress';
+
+// cli-progress loads only when a bar is drawn (a TTY): the other commands start without it.
+const require = createRequire(import.meta.url);
 
 export interface ProgressUpdate {
   done: number;
@@ -40,13 +44,14 @@ export function createProgressReporter(options: { quiet?: boolean; json?: boolea
 }
 
 class BarReporter implements ProgressReporter {
-  private bar: cliProgress.SingleBar | undefined;
+  private bar: cliProgressModule.SingleBar | undefined;
   private startedAt = 0;
 
   constructor(private readonly stream: NodeJS.WriteStream) {}
 
   start(label: string, total: number): void {
     this.startedAt = Date.now();
+    const cliProgress = require('cli-progress') as typeof cliProgressModule;
     this.bar = new cliProgress.SingleBar({
       stream: this.stream,
       format: `${label} [{bar}] {percentage}% | {doneText} / {totalText} | {rateText} | ETA {etaText}`,

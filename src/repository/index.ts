@@ -13,6 +13,7 @@ export { FsObjectStore } from './store/fs-store.js';
 export { MemoryObjectStore } from './store/memory-store.js';
 export type { Compression, BackupMetadata, ObjectEntry, FleeceExtra, GuestConfigExtra } from './format/manifest.js';
 export { DigestTable, DEFAULT_DIGEST_MEMORY_LIMIT, type DigestTableOptions } from './digest-table.js';
+export { prestartWorkers } from './pipeline/worker-pool.js';
 export { S3_DEFAULT_CHUNK_SIZE } from './repository.js';
 export { DEFAULT_LEASE, type LeaseOptions } from './writer.js';
 // The S3 store itself loads the AWS SDK: import it from './store/s3-store.js' where needed (openRepository does, lazily).

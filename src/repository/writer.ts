@@ -124,6 +124,22 @@ export class IncompatibleParentError extends FleeceError {
   }
 }
 
+/**
+ * What the segments in flight may hold: each is a chunk read from NBD plus, while it is stored, its compressed copy.
+ * The peak RSS aim (issue 11: ≤ 256 MiB for any disk) is a budget, measured on a 2-core host with 4 MiB objects:
+ * Node with the backup code loaded ~70 MiB; each worker ~15 MiB (its isolate, a 4 MiB zstd scratch buffer, the
+ * context); NBD read-ahead (4 + 1) × 4 MiB (repository-backup); this pipeline 2 × queueDepth × chunk (6 slots: 48 MiB);
+ * the O_DIRECT staging 16 MiB (fs-store); the digest table ≤ 16 MiB (DEFAULT_DIGEST_MEMORY_LIMIT, then a temporary
+ * file): about 200 MiB, the rest is garbage not yet collected. None of it grows with the disk; the queue would grow with
+ * the cores and the chunk size (S3: 16 MiB objects), so it is capped by this budget.
+ */
+export const PIPELINE_MEMORY_BUDGET = 64 * 1024 * 1024;
+
+/** Segments in flight: enough to keep every worker busy (two each, plus two being stored), within the budget. */
+export function defaultQueueDepth(workers: number, chunkSize: number): number {
+  return Math.max(2, Math.min(2 * workers + 2, Math.floor(PIPELINE_MEMORY_BUDGET / (2 * chunkSize))));
+}
+
 type State = 'open' | 'finishing' | 'done' | 'aborted' | 'failed';
 
 interface Segment { startBlock: number; capBlocks: number; buf: Buffer; filledEnd: number }
@@ -233,8 +249,7 @@ export class BackupWriter {
     if (parent?.digests) this.inherit(0, parent.digests);
     const workers = options.workers ?? undefined;
     this.pool = new WorkerPool(workers);
-    // Segments in flight: two per worker and two more, but no more than 48 MiB of them where objects are big (S3's).
-    this.queueDepth = options.queueDepth ?? Math.min(2 * this.pool.size + 2, Math.max(this.pool.size + 1, Math.floor((48 * 1024 * 1024) / this.chunkSize)));
+    this.queueDepth = options.queueDepth ?? defaultQueueDepth(this.pool.size, this.chunkSize);
     this.putConcurrency = options.putConcurrency ?? 4;
     this.extraSpares = Math.max(2, Math.floor((32 * 1024 * 1024) / this.chunkSize));
     this.signal = options.signal;

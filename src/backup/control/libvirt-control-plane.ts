@@ -139,6 +139,11 @@ function checkpointXml(name: string, bitmapDisks: string[], all: string[]): stri
 export class LibvirtControlPlane implements ControlPlane {
   readonly kind = 'libvirt' as const;
   readonly vm: string;
+  /**
+   * The domain XML and disk sizes inspect() read, taken once by the begin() that follows it (a backup calls them
+   * back to back): each is a libvirt round trip per disk that begin() would otherwise repeat (issue 11: fixed cost).
+   */
+  #inspected: { xml: string; sizes: Map<string, number> } | undefined;
 
   constructor(private readonly options: LibvirtControlPlaneOptions) {
     this.vm = options.vm;
@@ -149,6 +154,7 @@ export class LibvirtControlPlane implements ControlPlane {
     const xml = await conn.domainXml(this.vm);
     const { disks, skipped } = domainDisks(xml);
     const sizes = await diskSizes(conn, this.vm, disks.map((d) => d.target));
+    this.#inspected = { xml, sizes };
     const { checkpoints, checks } = await libvirtCheckpoints(conn, this.vm, { validate: true });
     const source: SourceDisk[] = disks.map((d) => ({
       target: d.target, virtualSize: sizes.get(d.target)!, format: d.format, ...(d.path ? { path: d.path } : {}),
@@ -169,14 +175,17 @@ export class LibvirtControlPlane implements ControlPlane {
 
   async begin(request: BeginRequest): Promise<PointInTime> {
     const { conn, vm } = { conn: this.options.conn, vm: this.vm };
+    const inspected = this.#inspected;
+    this.#inspected = undefined;
     await this.#refuseBusy();
-    const xml = await conn.domainXml(vm);
+    const xml = inspected?.xml ?? await conn.domainXml(vm);
     const all = domainDisks(xml);
     const allTargets = [...all.disks.map((d) => d.target), ...all.skipped.map((d) => d.target)];
     for (const d of request.disks) {
       if (!all.disks.some((x) => x.target === d.target)) throw new InvalidInputError(`VM '${vm}' has no disk '${d.target}' that can be backed up`);
     }
-    const sizes = await diskSizes(conn, vm, request.disks.map((d) => d.target));
+    const wanted = request.disks.map((d) => d.target);
+    const sizes = inspected && wanted.every((t) => inspected.sizes.has(t)) ? inspected.sizes : await diskSizes(conn, vm, wanted);
     const tag = randomBytes(3).toString('hex');
     await mkdir(this.options.runDir, { recursive: true, mode: 0o700 });
     await mkdir(this.options.scratchDir, { recursive: true, mode: 0o700 });

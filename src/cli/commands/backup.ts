@@ -4,12 +4,11 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import type { RepositoryBackupSummary } from '../../app/backup-to-repository.js';
 import { checkBackupRequest, type BackupRequest } from '../../app/backup-request.js';
 import { repoLocation } from '../../app/repo-location.js';
-import { resolveBackupTarget, runBackup } from '../../app/run-backup.js';
 import { backupThroughProvider, printProviderSummary } from './provider.js';
 import type { ProviderBackupSummary } from '../../app/provider-backup.js';
 import type { Compression } from '../../app/vocabulary.js';
 import type { CliContext } from '../context.js';
-import { detectDaemon, type DaemonClient } from '../daemon-client.js';
+import type { DaemonClient } from '../daemon-client.js';
 import { AbortedError, FleeceError } from '../../util/errors.js';
 import { collect, parseByteSize, parsePositiveInt } from '../errors.js';
 import { formatBytes } from '../progress.js';
@@ -123,6 +122,8 @@ Examples:
         throw new FleeceError('USAGE', flags.repo === undefined ? "required option '--repo <dir>' not specified (or --provider <name>)" : '--repo and --provider exclude each other');
       }
       const request = requestFromFlags(vm, flags);
+      // Loaded here, not at start-up: the backup machinery is most of fleece (lazy imports keep small commands fast).
+      const [{ detectDaemon }, { resolveBackupTarget, runBackup }] = await Promise.all([import('../daemon-client.js'), import('../../app/run-backup.js')]);
       // One process owns each VM: when a fleeced runs and knows this VM, the backup (repository or provider) is its job.
       const daemon = await detectDaemon(ctx.daemonSocket);
       if (daemon && (await daemon.listVms()).some((v) => v.name === vm)) {

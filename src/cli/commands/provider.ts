@@ -3,21 +3,14 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { BackupRequest } from '../../app/backup-request.js';
-import {
-  ProviderRegistry,
-  parseTimeouts,
-  providerStatus,
-  runProviderBackup,
-  runProviderRestore,
-  type ProviderBackupSummary,
-  type ProviderEntry,
-  type ProviderRestoreRequest,
-} from '../../app/provider-backup.js';
-import { resolveBackupTarget } from '../../app/run-backup.js';
+import type { ProviderBackupSummary, ProviderEntry, ProviderRestoreRequest } from '../../app/provider-backup.js';
 import { FleeceError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import { collect } from '../errors.js';
 import { formatBytes } from '../progress.js';
+
+/** The provider machinery (typebox contracts, execa, the backup path), loaded by the command that runs, not at start-up. */
+const providerApp = () => import('../../app/provider-backup.js');
 
 function describe(entry: ProviderEntry): string {
   if (entry.kind === 'tool') return `tool driver ${entry.tool}`;
@@ -52,6 +45,7 @@ Examples:
       if (flags.tool !== undefined && (flags.config !== undefined || flags.timeout !== undefined)) {
         throw new FleeceError('USAGE', '--config and --timeout go with --exec; a tool driver has them in its configuration');
       }
+      const { ProviderRegistry, parseTimeouts } = await providerApp();
       const entry = await new ProviderRegistry(ctx.configDir).add(flags.exec !== undefined
         ? {
           name, kind: 'exec', exec: resolve(flags.exec),
@@ -68,6 +62,7 @@ Examples:
     .description('list the registered providers')
     .action(async () => {
       const ctx = context();
+      const { ProviderRegistry } = await providerApp();
       const entries = await new ProviderRegistry(ctx.configDir).list();
       if (ctx.json) ctx.printJson(entries);
       else if (entries.length === 0) ctx.info('no backup provider is registered (fleece provider add NAME --exec PATH)');
@@ -80,6 +75,7 @@ Examples:
     .argument('<name>')
     .action(async (name: string) => {
       const ctx = context();
+      const { ProviderRegistry } = await providerApp();
       const entry = await new ProviderRegistry(ctx.configDir).remove(name);
       if (ctx.json) ctx.printJson(entry);
       else ctx.print(`removed backup provider '${name}'`);
@@ -92,6 +88,7 @@ Examples:
     .option('--vm <name>', 'the VM whose last backup to show')
     .action(async (name: string, flags: { vm?: string }) => {
       const ctx = context();
+      const { providerStatus } = await providerApp();
       const status = await providerStatus(ctx.configDir, ctx.stateDir, name, flags.vm);
       if (ctx.json) {
         ctx.printJson(status);
@@ -122,6 +119,7 @@ export function printProviderSummary(ctx: CliContext, s: ProviderBackupSummary):
 
 /** `fleece backup VM --provider NAME`. */
 export async function backupThroughProvider(ctx: CliContext, request: BackupRequest): Promise<void> {
+  const [{ runProviderBackup }, { resolveBackupTarget }] = await Promise.all([providerApp(), import('../../app/run-backup.js')]);
   const entry = await resolveBackupTarget(request, ctx.configDir);
   const onLine = providerLines(ctx);
   const summary = await runProviderBackup(entry, request, {
@@ -140,6 +138,7 @@ export async function backupThroughProvider(ctx: CliContext, request: BackupRequ
 
 /** `fleece restore --provider NAME --backup ID --out FILE`. */
 export async function restoreThroughProvider(ctx: CliContext, request: ProviderRestoreRequest): Promise<void> {
+  const { runProviderRestore } = await providerApp();
   const onLine = providerLines(ctx);
   const { summary, warnings } = await runProviderRestore(request, {
     stateDir: ctx.stateDir, runDir: ctx.runDir, configDir: ctx.configDir, signal: ctx.signal, ...(onLine ? { onProviderLine: onLine } : {}),

@@ -1,6 +1,5 @@
 // `fleece recover VM`: cleans up after an interrupted backup of the VM (what its journal lists), and says what it did.
 import type { Command } from 'commander';
-import { describeReconcile, reconcileVm } from '../../app/reconcile.js';
 import type { CliContext } from '../context.js';
 
 export function registerRecoverCommand(program: Command, context: () => CliContext): void {
@@ -10,6 +9,7 @@ export function registerRecoverCommand(program: Command, context: () => CliConte
     .argument('<vm>', 'the VM (libvirt domain or registered name)')
     .action(async (vm: string) => {
       const ctx = context();
+      const { describeReconcile, reconcileVm } = await import('../../app/reconcile.js');
       const report = await reconcileVm(vm, { stateDir: ctx.stateDir, configDir: ctx.configDir });
       if (ctx.json) {
         ctx.printJson(report ?? { vm, cleaned: [], failures: [] });

@@ -1,16 +1,7 @@
 // `fleece list | restore | verify | delete | gc`: repository commands (src/app/repository-operations.ts, restore-group.ts).
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import {
-  collectRepositoryGarbage,
-  deleteBackups,
-  listBackups,
-  parsePointInTime,
-  restoreToFile,
-  verifyBackup,
-  type BackupSelector,
-} from '../../app/repository-operations.js';
-import { openLibvirtDefiner, restoreGroup } from '../../app/restore-group.js';
+import type { BackupSelector } from '../../app/repository-operations.js';
 import { repoLocation } from '../../app/repo-location.js';
 import type { BackupRecord } from '../../app/vocabulary.js';
 import { FleeceError, IntegrityError } from '../../util/errors.js';
@@ -19,6 +10,9 @@ import { formatBytes } from '../progress.js';
 import { scrubCommand } from './retention.js';
 import { restoreThroughProvider } from './provider.js';
 
+// The app's repository code loads in the action of the command that runs (start-up stays small: lazy imports).
+const repositoryApp = () => import('../../app/repository-operations.js');
+
 interface SelectorFlags {
   backup?: string;
   vm?: string;
@@ -26,7 +20,8 @@ interface SelectorFlags {
   at?: string;
 }
 
-function selectorOf(flags: SelectorFlags): BackupSelector {
+async function selectorOf(flags: SelectorFlags): Promise<BackupSelector> {
+  const { parsePointInTime } = await repositoryApp();
   return {
     ...(flags.backup !== undefined ? { backupId: flags.backup } : {}),
     ...(flags.vm !== undefined ? { vm: flags.vm } : {}),
@@ -84,6 +79,7 @@ async function restoreGroupCommand(ctx: CliContext, flags: RestoreFlags, format:
   if ((flags.define === undefined) !== (flags.connect === undefined)) {
     throw new FleeceError('USAGE', flags.define === undefined ? '--connect needs --define NAME' : '--define needs --connect URI', { hint: 'give both: --define NEWNAME --connect qemu:///system' });
   }
+  const { openLibvirtDefiner, restoreGroup } = await import('../../app/restore-group.js');
   const progress = ctx.progress();
   let started = false;
   try {
@@ -134,6 +130,7 @@ export function registerRepositoryCommands(program: Command, context: () => CliC
     .option('--disk <target>', 'only this disk')
     .action(async (flags: { repo: string; vm?: string; disk?: string }) => {
       const ctx = context();
+      const { listBackups } = await repositoryApp();
       const records = await listBackups(repoLocation(flags.repo), {
         ...(flags.vm !== undefined ? { vm: flags.vm } : {}), ...(flags.disk !== undefined ? { disk: flags.disk } : {}), signal: ctx.signal, withProtection: true,
       });
@@ -185,11 +182,13 @@ Examples:
       }
       const out = flags.out;
       const ctx = context();
+      const { restoreToFile } = await repositoryApp();
+      const selector = await selectorOf(flags);
       const progress = ctx.progress();
       let started = false;
       try {
         const result = await restoreToFile(
-          { repo: repoLocation(flags.repo), selector: selectorOf(flags), out: resolve(out), format: flags.format, ...(flags.force ? { overwrite: true } : {}) },
+          { repo: repoLocation(flags.repo), selector, out: resolve(out), format: flags.format, ...(flags.force ? { overwrite: true } : {}) },
           {
             signal: ctx.signal,
             onProgress: (done, total) => {
@@ -218,8 +217,9 @@ Examples:
     .action(async (flags: SelectorFlags & { repo: string; deep?: boolean; sample?: string; seed?: string }) => {
       const ctx = context();
       const named = flags.backup !== undefined || flags.vm !== undefined;
-      if (flags.sample !== undefined) return scrubCommand(ctx, { repo: flags.repo, sample: flags.sample, ...(flags.seed !== undefined ? { seed: flags.seed } : {}) }, named ? selectorOf(flags) : undefined);
-      const { record, report } = await verifyBackup(repoLocation(flags.repo), selectorOf(flags), { ...(flags.deep ? { deep: true } : {}), signal: ctx.signal });
+      if (flags.sample !== undefined) return scrubCommand(ctx, { repo: flags.repo, sample: flags.sample, ...(flags.seed !== undefined ? { seed: flags.seed } : {}) }, named ? await selectorOf(flags) : undefined);
+      const { verifyBackup } = await repositoryApp();
+      const { record, report } = await verifyBackup(repoLocation(flags.repo), await selectorOf(flags), { ...(flags.deep ? { deep: true } : {}), signal: ctx.signal });
       if (ctx.json) {
         ctx.printJson({ ...report, problems: report.problems.map((p) => ({ backupId: p.backupId, object: p.object, message: p.message })) });
       } else {
@@ -242,6 +242,7 @@ Examples:
     .option('--cascade', 'also delete the backups that depend on it')
     .action(async (flags: { repo: string; backup?: string; group?: string; cascade?: boolean }) => {
       const ctx = context();
+      const { deleteBackups } = await repositoryApp();
       const report = await deleteBackups(repoLocation(flags.repo), {
         ...(flags.backup !== undefined ? { backupId: flags.backup } : {}),
         ...(flags.group !== undefined ? { groupId: flags.group } : {}),
@@ -266,6 +267,7 @@ Examples:
         if (!Number.isFinite(seconds) || seconds < 0) throw new FleeceError('USAGE', `--grace '${flags.grace}' is not a number of seconds`, { hint: 'e.g. --grace 3600' });
         gracePeriodMs = seconds * 1000;
       }
+      const { collectRepositoryGarbage } = await repositoryApp();
       const report = await collectRepositoryGarbage(repoLocation(flags.repo), {
         ...(flags.dryRun ? { dryRun: true } : {}), ...(gracePeriodMs !== undefined ? { gracePeriodMs } : {}), signal: ctx.signal,
       });

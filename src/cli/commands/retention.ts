@@ -2,16 +2,15 @@
 import { resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import type { BackupSelector } from '../../app/repository-operations.js';
-import {
-  consolidateBackups, describeKeepOptions, describeReason, keepsSomething, protectBackups, pruneBackups, scrubBackups,
-  type KeepOptions, type PrunePlan,
-} from '../../app/retention.js';
-import { describeCheckpointRetention } from '../../app/checkpoint-retention.js';
+import type { KeepOptions, PrunePlan } from '../../app/retention.js';
 import { repoLocation } from '../../app/repo-location.js';
 import { resolveBackupTarget } from '../../app/run-backup.js';
 import { FleeceError, IntegrityError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import { formatBytes } from '../progress.js';
+
+// The app's retention code loads in the action of the command that runs (start-up stays small: lazy imports).
+const retentionApp = () => import('../../app/retention.js');
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
@@ -27,7 +26,7 @@ function count(flag: string): (text: string) => number {
 }
 
 /** The plan as text: per scope, one line per group, newest first. */
-export function formatPrunePlan(plan: PrunePlan, dryRun: boolean): string {
+export function formatPrunePlan(plan: PrunePlan, dryRun: boolean, describeReason: (reason: PrunePlan['scopes'][number]['groups'][number]['reason']) => string): string {
   const out: string[] = [];
   for (const scope of plan.scopes) {
     const keep = scope.groups.filter((g) => g.action === 'keep').length;
@@ -102,6 +101,7 @@ Examples:
   fleece prune --repo /backups/repo --vm web --keep-daily 14 --keep-monthly 12`)
     .action(async (flags: PruneFlags) => {
       const ctx = context();
+      const { describeKeepOptions, describeReason, keepsSomething, pruneBackups } = await retentionApp();
       const keep: KeepOptions = {
         ...(flags.keepLast !== undefined ? { last: flags.keepLast } : {}),
         ...(flags.keepHourly !== undefined ? { hourly: flags.keepHourly } : {}),
@@ -155,11 +155,14 @@ Examples:
         return;
       }
       ctx.print(`prune ${describeKeepOptions(keep)}${flags.timezone !== 'UTC' ? ` (periods in ${flags.timezone})` : ''}`);
-      ctx.print(formatPrunePlan(plan, result.dryRun));
+      ctx.print(formatPrunePlan(plan, result.dryRun, describeReason));
       const groups = plan.scopes.flatMap((s) => s.groups).filter((g) => g.action === 'remove').length;
       if (result.dryRun) ctx.print(`dry run: would remove ${groups} group(s), ${plan.removeOrder.length} backup(s), freeing ${formatBytes(result.bytesFreed)}`);
       else ctx.print(`removed ${groups} group(s), ${result.deleted.length} backup(s) (${result.objectsRemoved} objects, ${formatBytes(result.bytesFreed)} freed)`);
-      for (const report of result.checkpoints ?? []) for (const line of describeCheckpointRetention(report)) ctx.info(line);
+      if (result.checkpoints?.length) {
+        const { describeCheckpointRetention } = await import('../../app/checkpoint-retention.js');
+        for (const report of result.checkpoints) for (const line of describeCheckpointRetention(report)) ctx.info(line);
+      }
     });
 
   for (const protect of [true, false]) {
@@ -172,6 +175,7 @@ Examples:
     if (protect) command.option('--note <text>', 'why it is kept (stored with the mark)');
     command.action(async (flags: TargetFlags & { note?: string }) => {
       const ctx = context();
+      const { protectBackups } = await retentionApp();
       const result = await protectBackups(repoLocation(flags.repo), targetOf(flags), protect, {
         ...(flags.note !== undefined ? { note: flags.note } : {}), signal: ctx.signal,
       });
@@ -202,6 +206,7 @@ Examples:
       const progress = ctx.progress();
       let current: string | undefined;
       try {
+        const { consolidateBackups } = await retentionApp();
         const result = await consolidateBackups({
           repo: repoLocation(flags.repo), target: targetOf(flags),
           ...(flags.compression !== undefined ? { compression: flags.compression } : {}),
@@ -243,6 +248,7 @@ export async function scrubCommand(ctx: CliContext, flags: { repo: string; sampl
     seed = Number(flags.seed);
   }
   // No progress bar: the reporter counts bytes, a scrub counts objects (and reads only the sampled ones).
+  const { scrubBackups } = await retentionApp();
   const { record, report } = await scrubBackups({
     repo: repoLocation(flags.repo), percent, ...(selector ? { selector } : {}), ...(seed !== undefined ? { seed } : {}), signal: ctx.signal,
   });

@@ -1,20 +1,18 @@
 // virsh's backup and checkpoint verbs (libvirt 9.0 names, arguments and output), through fleeced or directly.
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { backupsByCheckpoint } from '../../app/checkpoint-retention.js';
-import { nbdTlsFromSettings } from '../../app/nbd-tls-settings.js';
-import { repoLocation } from '../../app/repo-location.js';
 import type { JobInfo } from '../../app/jobs/job-info.js';
-import { parseCheckpointXml } from '../../app/vocabulary.js';
 import { FleeceError, InvalidInputError, NotFoundError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import type { DaemonClient } from '../daemon-client.js';
-import {
-  formatCheckpointList, formatDomJobInfo, formatVirshTime, formatVshTable, checkCheckpointListOptions, selectCheckpoints, type CheckpointListOptions,
-} from '../virsh-format.js';
-import { checkpointOps, daemonForTarget, lastCompletedJob, resolveTarget, type CheckpointOps, type VirshTarget } from './virsh-backend.js';
-import { readXmlFile } from './virsh-input.js';
-import { PRIVATE_DAEMON_IDLE_SECONDS, startPrivateDaemon, type PrivateDaemon } from './virsh-private-daemon.js';
+import type { CheckpointListOptions } from '../virsh-format.js';
+import type { CheckpointOps, VirshTarget } from './virsh-backend.js';
+import type { PrivateDaemon } from './virsh-private-daemon.js';
+
+// What the verbs run on (QMP, checkpoints, XML parsing) loads in the action of the verb that runs, not at start-up.
+const backend = () => import('./virsh-backend.js');
+const virshFormat = () => import('../virsh-format.js');
+const readXmlFile = async (file: string, kind: 'backup' | 'checkpoint') => (await import('./virsh-input.js')).readXmlFile(file, kind);
 
 interface QmpOption {
   qmp?: string;
@@ -25,7 +23,7 @@ function target(vm: string, options: QmpOption): VirshTarget {
 }
 
 async function withCheckpoints<T>(ctx: CliContext, t: VirshTarget, work: (ops: CheckpointOps) => Promise<T>): Promise<T> {
-  const ops = await checkpointOps(ctx, t);
+  const ops = await (await backend()).checkpointOps(ctx, t);
   try {
     return await work(ops);
   } finally {
@@ -35,8 +33,8 @@ async function withCheckpoints<T>(ctx: CliContext, t: VirshTarget, work: (ops: C
 
 /** The fleeced for a job verb; without one, the VM is still checked so that a typo is bad input (exit 2). */
 async function jobDaemon(ctx: CliContext, t: VirshTarget): Promise<DaemonClient | undefined> {
-  const client = await daemonForTarget(ctx, t);
-  if (!client) await resolveTarget(ctx, t);
+  const client = await (await backend()).daemonForTarget(ctx, t);
+  if (!client) await (await backend()).resolveTarget(ctx, t);
   return client;
 }
 
@@ -71,6 +69,7 @@ async function backupBegin(
   // Bad input fails here, before any daemon is started or QEMU touched.
   const backupXml = files.backup !== undefined ? await readXmlFile(files.backup, 'backup') : undefined;
   const checkpointXml = files.checkpoint !== undefined ? await readXmlFile(files.checkpoint, 'checkpoint') : undefined;
+  const { nbdTlsFromSettings } = await import('../../app/nbd-tls-settings.js');
   const tls = nbdTlsFromSettings(
     {
       ...(tlsFlags.tlsDir !== undefined ? { dir: resolve(tlsFlags.tlsDir) } : {}),
@@ -78,7 +77,7 @@ async function backupBegin(
     },
     '--tls-dir/--tls-psk',
   );
-  let client = await daemonForTarget(ctx, t);
+  let client = await (await backend()).daemonForTarget(ctx, t);
   if (client && tls) {
     throw new InvalidInputError(`--tls-dir/--tls-psk: a fleeced already serves VM '${t.vm}' (${ctx.daemonSocket}) with its own TLS settings`, {
       hint: `register the VM with them (fleece vm add ${t.vm} … --tls-dir DIR), or set nbdTlsDir/nbdTlsPsk in that daemon's fleeced.conf`,
@@ -86,11 +85,12 @@ async function backupBegin(
   }
   let own: PrivateDaemon | undefined;
   if (!client) {
-    const entry = await resolveTarget(ctx, t);
+    const entry = await (await backend()).resolveTarget(ctx, t);
     // The private daemon's registry copy carries the flags as this VM's own TLS credentials.
     const withTls = tls
       ? { ...entry, ...(tls.type === 'x509' ? { tlsDir: tls.dir, tlsPsk: undefined } : { tlsPsk: tls.file, tlsDir: undefined }) }
       : entry;
+    const { PRIVATE_DAEMON_IDLE_SECONDS, startPrivateDaemon } = await import('./virsh-private-daemon.js');
     own = await startPrivateDaemon(ctx, withTls);
     client = own.client;
     ctx.info(
@@ -126,9 +126,9 @@ async function domJobInfo(ctx: CliContext, t: VirshTarget, completed: boolean): 
   const client = await jobDaemon(ctx, t);
   let job: JobInfo | null;
   if (client) job = await client.vmJob(t.vm, { completed });
-  else job = completed ? await lastCompletedJob(ctx.stateDir, t.vm) : null;
+  else job = completed ? await (await backend()).lastCompletedJob(ctx.stateDir, t.vm) : null;
   if (ctx.json) ctx.printJson({ job });
-  else process.stdout.write(formatDomJobInfo(job));
+  else process.stdout.write((await virshFormat()).formatDomJobInfo(job));
 }
 
 async function domJobAbort(ctx: CliContext, t: VirshTarget): Promise<void> {
@@ -250,7 +250,7 @@ export function registerVirshCommands(program: Command, context: () => CliContex
       const ctx = context();
       if (options.printXml) {
         const xml = `<domaincheckpoint>\n  <name>${escape(name)}</name>\n${description !== undefined ? `  <description>${escape(description)}</description>\n` : ''}</domaincheckpoint>\n`;
-        parseCheckpointXml(xml);
+        (await import('../../app/vocabulary.js')).parseCheckpointXml(xml);
         printXml(xml);
         return;
       }
@@ -284,10 +284,12 @@ export function registerVirshCommands(program: Command, context: () => CliContex
         ...(options.leaves === true ? { leaves: true } : {}),
         ...(options.leaves === false ? { noLeaves: true } : {}),
       };
+      const { checkCheckpointListOptions, formatCheckpointList, formatVirshTime, formatVshTable, selectCheckpoints } = await virshFormat();
       checkCheckpointListOptions(listOptions);
       const list = await withCheckpoints(ctx, target(vm, options), (ops) => ops.list());
       if (options.repo !== undefined) {
         if (options.tree || options.name) throw new FleeceError('USAGE', '--repo adds a column to the table: not with --tree or --name');
+        const [{ backupsByCheckpoint }, { repoLocation }] = await Promise.all([import('../../app/checkpoint-retention.js'), import('../../app/repo-location.js')]);
         const served = await backupsByCheckpoint(repoLocation(options.repo), vm, ctx.signal);
         const serves = (name: string) => served.get(name) ?? [];
         if (ctx.json) ctx.printJson({ ...list, checkpoints: list.checkpoints.map((c) => ({ ...c, serves: serves(c.name) })) });

@@ -1,7 +1,6 @@
 // `fleece vm add | list | remove`: the VM registry (a libvirt domain and its URI, or a bare QEMU's QMP socket).
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { nbdTlsFromSettings } from '../../app/nbd-tls-settings.js';
 import { VmRegistry } from '../../app/vm-registry.js';
 import { formatVmRetention, parseVmRetention } from '../../app/vm-retention.js';
 import type { CliContext } from '../context.js';
@@ -25,6 +24,7 @@ Examples:
       const ctx = context();
       const tlsDir = flags.tlsDir !== undefined ? resolve(flags.tlsDir) : undefined;
       const tlsPsk = flags.tlsPsk !== undefined ? resolve(flags.tlsPsk) : undefined;
+      const { nbdTlsFromSettings } = await import('../../app/nbd-tls-settings.js');
       nbdTlsFromSettings({ ...(tlsDir ? { dir: tlsDir } : {}), ...(tlsPsk ? { psk: tlsPsk } : {}) }, '--tls-dir/--tls-psk');
       await new VmRegistry(ctx.configDir).add({
         name,

@@ -1,10 +1,17 @@
 // Object compression on the main thread: zstd (zstd-napi), zlib (node:zlib), bz2 (seek-bzip decode, `bzip2` encode), none.
 import { deflateSync, inflateSync } from 'node:zlib';
 import { spawnSync } from 'node:child_process';
-import { compress as zstdCompress, decompress as zstdDecompress } from 'zstd-napi';
-import Bunzip from 'seek-bzip';
+import { createRequire } from 'node:module';
+import type * as ZstdNapi from 'zstd-napi';
+import type BunzipModule from 'seek-bzip';
 import { IntegrityError, InvalidInputError } from '../../util/errors.js';
 import { COMPRESSIONS, type Compression } from '../format/manifest.js';
+
+// The codec libraries load at their first use, not with the repository code (`fleece list` reads no object data).
+const require = createRequire(import.meta.url);
+let zstd: typeof ZstdNapi | undefined;
+const zstdLib = (): typeof ZstdNapi => (zstd ??= require('zstd-napi') as typeof ZstdNapi);
+const bunzip = (): typeof BunzipModule => require('seek-bzip') as typeof BunzipModule;
 
 /** Default levels: zstd 1 and zlib 1 are the fast levels (DESIGN.md: zlib 1 is already only 50–120 MiB/s/core). */
 export const DEFAULT_LEVELS: Record<Compression, number> = { none: 0, zstd: 1, zlib: 1, bz2: 9 };
@@ -22,7 +29,7 @@ export function compressObject(codec: Compression, data: Uint8Array, level = DEF
   let packed: Uint8Array;
   switch (codec) {
     case 'none': return { data, compression: 'none' };
-    case 'zstd': packed = zstdCompress(data, { compressionLevel: level }); break;
+    case 'zstd': packed = zstdLib().compress(data, { compressionLevel: level }); break;
     case 'zlib': packed = deflateSync(data, { level }); break;
     case 'bz2': {
       const r = spawnSync('bzip2', ['-c', `-${Math.min(9, Math.max(1, level))}`], { input: data, maxBuffer: data.length * 2 + (1 << 20) });
@@ -39,9 +46,9 @@ export function decompressObject(compression: Compression, data: Uint8Array, whe
   try {
     switch (compression) {
       case 'none': return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-      case 'zstd': return zstdDecompress(data);
+      case 'zstd': return zstdLib().decompress(data);
       case 'zlib': return inflateSync(data);
-      case 'bz2': return Bunzip.decode(data);
+      case 'bz2': return bunzip().decode(data);
     }
   } catch (error) {
     throw new IntegrityError(`object ${where} does not decompress as ${compression}: ${(error as Error).message}`, { cause: error });

@@ -82,6 +82,52 @@ export function defaultWorkerCount(): number {
   return Math.max(1, Math.min(8, availableParallelism()));
 }
 
+function workerData(): Record<string, unknown> {
+  return {
+    zstdPath: require.resolve('zstd-napi'), zstdBindingPath: require.resolve('zstd-napi/binding'), bunzipPath: require.resolve('seek-bzip'),
+    md5MultiPath: md5MultiPath(),
+  };
+}
+
+/** Workers started ahead of need (prestartWorkers), not yet taken by a pool; unref'd so that they keep nothing alive. */
+const warm: { worker: Worker; failed: boolean }[] = [];
+
+/**
+ * Starts `size` workers now, for the next WorkerPool to take: a worker needs a thread, its isolate and the codec
+ * libraries before its first task (tens of ms each, more on a busy host), which a backup can overlap with taking
+ * its point in time (issue 11: the incremental's fixed cost). Workers nobody takes stay idle, unref'd. Never throws.
+ */
+export function prestartWorkers(size = defaultWorkerCount()): void {
+  try {
+    const data = workerData();
+    while (warm.length < size) {
+      const entry = { worker: new Worker(WORKER_SOURCE, { eval: true, workerData: data }), failed: false };
+      entry.worker.unref();
+      entry.worker.once('error', (error) => {
+        entry.failed = true;
+        log.debug({ err: error }, 'a prestarted repository worker failed; a pool starts its own');
+      });
+      entry.worker.once('exit', () => { entry.failed = true; });
+      warm.push(entry);
+    }
+  } catch (error) {
+    log.debug({ err: error }, 'repository workers could not be prestarted');
+  }
+}
+
+/** A prestarted worker that is still fine (ref'd again: it is the pool's now), or undefined. */
+function takeWarm(): Worker | undefined {
+  for (let entry = warm.shift(); entry; entry = warm.shift()) {
+    entry.worker.removeAllListeners('error').removeAllListeners('exit');
+    if (!entry.failed) {
+      entry.worker.ref();
+      return entry.worker;
+    }
+    void entry.worker.terminate();
+  }
+  return undefined;
+}
+
 /** Runs tasks on N workers, least-loaded first. close() terminates them; pending tasks then reject. */
 export class WorkerPool {
   private readonly workers: Worker[] = [];
@@ -91,12 +137,9 @@ export class WorkerPool {
   private closed = false;
 
   constructor(readonly size = defaultWorkerCount()) {
-    const workerData = {
-      zstdPath: require.resolve('zstd-napi'), zstdBindingPath: require.resolve('zstd-napi/binding'), bunzipPath: require.resolve('seek-bzip'),
-      md5MultiPath: md5MultiPath(),
-    };
+    let data: Record<string, unknown> | undefined;
     for (let i = 0; i < size; i++) {
-      const worker = new Worker(WORKER_SOURCE, { eval: true, workerData });
+      const worker = takeWarm() ?? new Worker(WORKER_SOURCE, { eval: true, workerData: (data ??= workerData()) });
       worker.on('message', (msg: { id: number; ok: boolean; result?: unknown; error?: string }) => {
         const p = this.pending.get(msg.id);
         if (!p) return;
