@@ -6,7 +6,6 @@
 import { rm } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { LibvirtConnection } from '../../native/libvirt/index.js';
-import { killIfSame, unmountFuse } from '../backup/consume/host-cleanup.js';
 import type { ProviderEndpoint } from '../backup/consume/provider-client.js';
 import {
   ownerAlive,
@@ -25,7 +24,8 @@ import { openRepository } from '../repository/index.js';
 import { describeError } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import { cleanupQmpLeftovers } from './jobs/recover.js';
-import { ProviderRegistry, endpointOf } from './provider-registry.js';
+// Provider and host cleanup code (execa, the provider contracts) loads only for a journal that needs it.
+const hostCleanup = () => import('../backup/consume/host-cleanup.js');
 
 const log = getLogger('app.reconcile');
 
@@ -65,6 +65,7 @@ async function removePaths(paths: readonly string[], report: ReconcileReport): P
 
 async function providerEndpoint(name: string, options: ReconcileOptions): Promise<ProviderEndpoint | undefined> {
   if (options.configDir === undefined) return undefined;
+  const { ProviderRegistry, endpointOf } = await import('./provider-registry.js');
   const entry = await new ProviderRegistry(options.configDir).get(name).catch(() => undefined);
   return entry ? endpointOf(entry, { stateDir: options.stateDir }) : undefined;
 }
@@ -108,14 +109,16 @@ async function undo(vm: string, effect: JournalEffect, owner: JournalOwner, opti
         report.cleaned.push(`provider '${effect.provider}' failed its cleanup (${describeError(error)}); not retried`);
       }
       return;
-    case 'mount':
+    case 'mount': {
+      const { killIfSame, unmountFuse } = await hostCleanup();
       await unmountFuse(effect.path);
       await killIfSame(effect.pid, effect.startTime);
       await rm(effect.path, { force: true, recursive: true });
       report.cleaned.push(`FUSE mount ${effect.path}`);
       return;
+    }
     case 'process':
-      await killIfSame(effect.pid, effect.startTime);
+      await (await hostCleanup()).killIfSame(effect.pid, effect.startTime);
       report.cleaned.push(`${effect.what}${effect.pid ? ` (pid ${effect.pid})` : ''}`);
       return;
     case 'path':

@@ -1,8 +1,8 @@
 // `fleece repo init | info | key-generate`: repository markers and keys (src/app/repo-init.ts).
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { generateKeyFile, initRepository } from '../../app/repo-init.js';
-import { readRepositoryMarker } from '../../app/repository-operations.js';
+// The repository code loads in the action of the verb that runs, not at start-up.
+const repoInit = () => import('../../app/repo-init.js');
 import { repoLocation } from '../../app/repo-location.js';
 import type { CliContext } from '../context.js';
 
@@ -16,6 +16,7 @@ export function registerRepoCommands(program: Command, context: () => CliContext
     .option('--encrypt', 'encrypt the data of every backup (AES-256-GCM) with the key of --key-file or --passphrase-file (global options)')
     .action(async (location: string, flags: { encrypt?: boolean }) => {
       const ctx = context();
+      const { initRepository } = await repoInit();
       const result = await initRepository({ location: repoLocation(location), ...(flags.encrypt ? { encrypt: true } : {}) });
       if (ctx.json) ctx.printJson(result);
       else {
@@ -31,6 +32,7 @@ export function registerRepoCommands(program: Command, context: () => CliContext
     .argument('<location>', 'the repository directory, or s3://BUCKET[/PREFIX]')
     .action(async (location: string) => {
       const ctx = context();
+      const { readRepositoryMarker } = await import('../../app/repository-operations.js');
       const marker = await readRepositoryMarker(repoLocation(location));
       if (ctx.json) ctx.printJson(marker);
       else {
@@ -45,6 +47,7 @@ export function registerRepoCommands(program: Command, context: () => CliContext
     .argument('<file>', 'the key file to create (never overwritten)')
     .action(async (file: string) => {
       const ctx = context();
+      const { generateKeyFile } = await repoInit();
       await generateKeyFile(resolve(file));
       ctx.print(`wrote a new key to ${resolve(file)}: keep a copy somewhere safe, apart from the repository`);
     });

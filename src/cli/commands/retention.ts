@@ -4,7 +4,6 @@ import { Option, type Command } from 'commander';
 import type { BackupSelector } from '../../app/repository-operations.js';
 import type { KeepOptions, PrunePlan } from '../../app/retention.js';
 import { repoLocation } from '../../app/repo-location.js';
-import { resolveBackupTarget } from '../../app/run-backup.js';
 import { FleeceError, IntegrityError } from '../../util/errors.js';
 import type { CliContext } from '../context.js';
 import { formatBytes } from '../progress.js';
@@ -118,7 +117,7 @@ Examples:
       }
       if (flags.keepCheckpoints === 0) throw new FleeceError('USAGE', '--keep-checkpoints must be 1 or more', { hint: 'use --no-prune-checkpoints to keep them all' });
       const entry = flags.vm !== undefined && (flags.qmp !== undefined || flags.connect !== undefined)
-        ? await resolveBackupTarget({ vm: flags.vm, ...(flags.qmp ? { qmp: resolve(flags.qmp) } : {}), ...(flags.connect ? { connect: flags.connect } : {}) }, ctx.configDir)
+        ? await (await import('../../app/run-backup.js')).resolveBackupTarget({ vm: flags.vm, ...(flags.qmp ? { qmp: resolve(flags.qmp) } : {}), ...(flags.connect ? { connect: flags.connect } : {}) }, ctx.configDir)
         : undefined;
       const result = await pruneBackups({
         ...(flags.pruneCheckpoints !== false ? {
