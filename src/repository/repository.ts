@@ -77,7 +77,7 @@ export interface RepositoryOptions {
   layout?: RepositoryLayout;
   /** The `az_<az>` in s3-layout object names (default `nova`, Cinder's). */
   availabilityZone?: string;
-  /** The lease of backups being written (s3 layout; default DEFAULT_LEASE). */
+  /** The lease of backups being written (both layouts; default DEFAULT_LEASE). */
   lease?: LeaseOptions;
   /** openRepository('s3://…'): endpoint, credentials, region… beyond what the environment and ~/.aws say. */
   s3?: Omit<S3StoreOptions, 'bucket' | 'prefix'>;
@@ -149,9 +149,9 @@ export class Repository {
       compressionLevel: options.compressionLevel, name: options.name ?? null, description: options.description ?? null,
       vm: options.vm, disk: options.disk, checkpoint: options.checkpoint, incrementalFrom: options.incrementalFrom,
       groupId: options.groupId, guestConfig: options.guestConfig, workers: options.workers, queueDepth: options.queueDepth, signal: options.signal, now: options.now,
-      digestTable: this.options.digestTable,
+      digestTable: this.options.digestTable, lease: this.options.lease ?? DEFAULT_LEASE,
       ...(this.layout === 's3' ? {
-        layout: 's3' as const, availabilityZone: this.options.availabilityZone, lease: this.options.lease ?? DEFAULT_LEASE,
+        layout: 's3' as const, availabilityZone: this.options.availabilityZone,
         // 16 MiB segments: at most 8 in flight (≤ 256 MiB with their compressed copies), whatever the core count
         queueDepth: options.queueDepth ?? Math.min(S3_MAX_QUEUE_DEPTH, 2 * (options.workers ?? availableParallelism()) + 2),
       } : {}),
