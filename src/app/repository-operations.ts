@@ -1,6 +1,6 @@
 // Repository commands shared by the CLI and the daemon: list, find a backup (by id, or VM + disk + point in time),
 // restore to a raw/qcow2 file, verify, delete, gc.
-import { access, rm } from 'node:fs/promises';
+import { access, lstat, rm } from 'node:fs/promises';
 import {
   isS3Location,
   openRepository,
@@ -132,7 +132,13 @@ export async function restoreToFile(
   const repo = await open(request.repo);
   const record = await findBackup(repo, request.selector);
   const format = request.format ?? 'raw';
-  const exists = await access(request.out).then(() => true, () => false);
+  const target = await lstat(request.out).catch(() => undefined);
+  const exists = target !== undefined;
+  if (target?.isSymbolicLink()) {
+    throw new ConflictError(`the restore target ${request.out} is a symbolic link: fleece never writes through one${request.overwrite ? ', even with --force' : ''}`, {
+      hint: 'restore to the path it points to, or remove the link first',
+    });
+  }
   if (exists && !request.overwrite) {
     throw new ConflictError(`the restore target ${request.out} already exists`, { hint: 'choose a new path, or pass --force to replace it' });
   }
