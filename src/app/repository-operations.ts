@@ -9,6 +9,7 @@ import {
   type GcReport,
   type GuestConfigExtra,
   type Repository,
+  type ScanProblem,
   type VerifyReport,
 } from '../repository/index.js';
 import { createSparseFileSink, restoreBackup, restoreToQcow2, type RestoreSummary } from '../restore/index.js';
@@ -62,6 +63,31 @@ export async function listBackups(repo: string | Repository, filter: { vm?: stri
     ...(filter.signal ? { signal: filter.signal } : {}),
   });
   return records.sort((a, b) => (a.createdAt === b.createdAt ? 0 : a.createdAt < b.createdAt ? -1 : 1));
+}
+
+/** A backup `list` shows but cannot read: its `_metadata` is damaged, or of a format written by a newer fleece. */
+export interface UnreadableBackup {
+  backupId: string | null;
+  container: string;
+  object: string;
+  state: ScanProblem['state'];
+  formatVersion?: string;
+  reason: string;
+}
+
+/**
+ * The committed backups (as listBackups) and every backup whose `_metadata` could not be read (whatever the filter:
+ * an unreadable manifest names no VM). @throws NotFoundError (no repository), StoreError.
+ */
+export async function listRepository(repo: string | Repository, filter: { vm?: string; disk?: string; signal?: AbortSignal } = {}): Promise<{ records: BackupRecord[]; unreadable: UnreadableBackup[] }> {
+  const r = await open(repo);
+  const records = await listBackups(r, filter);
+  const { problems } = await r.scan(filter.signal);
+  const unreadable = problems.map((p): UnreadableBackup => ({
+    backupId: p.backupId ?? null, container: p.container, object: p.object, state: p.state,
+    ...(p.formatVersion !== undefined ? { formatVersion: p.formatVersion } : {}), reason: p.error.message,
+  }));
+  return { records, unreadable };
 }
 
 /**
