@@ -166,7 +166,7 @@ export async function restoreToFile(
     });
   }
   if (exists && !request.overwrite) {
-    throw new ConflictError(`the restore target ${request.out} already exists`, { hint: 'choose a new path, or pass --force to replace it' });
+    throw new ConflictError(`the restore target ${request.out} already exists`, { hint: 'choose a new path, or pass --force (the API: "force": true) to replace it' });
   }
   const options = { ...(hooks.signal ? { signal: hooks.signal } : {}), ...(hooks.onProgress ? { onProgress: hooks.onProgress } : {}) };
   let created = false;
