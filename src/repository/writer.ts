@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import { processStartTime } from '../util/process-start.js';
 import { AbortedError, ConflictError, FleeceError, IntegrityError, InvalidInputError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
+import { testPausePoint } from '../util/test-pause.js';
 import { StoreError, type ObjectStore } from './store/object-store.js';
 import {
   DEFAULT_LEASE_TTL_MS, FORMAT_VERSION, backupLocation, dataObjectName, leaseName, metadataName, pythonDatetimeString, sha256FileName,
@@ -178,6 +179,8 @@ export class BackupWriter {
   private leaseTimer: NodeJS.Timeout | undefined;
   private leaseRefresh: Promise<void> | undefined;
   private aborting: Promise<void> | undefined;
+  /** Resolves once a finish() in progress has settled (committed, or removed what it wrote). */
+  private finishSettled: Promise<void> = Promise.resolve();
   /** When the lease was last put (Date.now()); undefined: no lease (yet). */
   private leaseAt: number | undefined;
   private readonly onAbort = () => { void this.abort(this.signal?.reason); };
@@ -559,6 +562,8 @@ export class BackupWriter {
    */
   async finish(): Promise<BackupSummary> {
     this.check();
+    let settle = () => {};
+    this.finishSettled = new Promise<void>((resolve) => { settle = resolve; });
     try {
       await this.prepare();
       await this.flush();
@@ -598,6 +603,7 @@ export class BackupWriter {
       this.checkFinishing();
       this.checkLease();
       await this.checkWritten();
+      await testPausePoint('commit', this.signal);
       this.checkFinishing();
       const pieces = async function* () { yield* serializeMetadataPieces(meta); };
       await this.store.put(this.container, metadataName(this.prefix), pieces(), { signal: this.signal });
@@ -619,6 +625,7 @@ export class BackupWriter {
       this.signal?.removeEventListener('abort', this.onAbort);
       await this.pool.close();
       this.digests.close();
+      settle();
     }
   }
 
@@ -644,11 +651,13 @@ export class BackupWriter {
     if (this.state === 'aborted') return this.aborting; // a second call (the signal's, then the caller's) waits for the first
     if (this.state === 'done') return;
     const wasFinishing = this.state === 'finishing';
+    if (wasFinishing) this.aborting = this.finishSettled; // finish() removes what was written: wait for it
     this.state = 'aborted';
     this.failure = reason;
     for (const w of this.slotWaiters.splice(0)) w();
     this.signal?.removeEventListener('abort', this.onAbort);
-    if (!wasFinishing) {
+    if (wasFinishing) await this.aborting;
+    else {
       this.aborting = (async () => {
         await this.pool.close();
         await this.cleanup();
