@@ -602,8 +602,9 @@ export class BackupWriter {
       };
       this.checkFinishing();
       this.checkLease();
-      await this.checkWritten();
       await testPausePoint('commit', this.signal);
+      this.checkFinishing();
+      await this.checkWritten();
       this.checkFinishing();
       const pieces = async function* () { yield* serializeMetadataPieces(meta); };
       await this.store.put(this.container, metadataName(this.prefix), pieces(), { signal: this.signal });

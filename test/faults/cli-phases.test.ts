@@ -6,7 +6,7 @@
 import { describe, expect, test } from '@jest/globals';
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { useQemuSystem } from '../harness/jest-qemu.js';
 import { createDisk } from '../harness/qemu.js';
@@ -96,6 +96,39 @@ describe('fault suite: the CLI killed at each phase of a backup', () => {
       fault.held();
     }, 180_000);
   }
+
+  test('gc --grace 0 racing a backup: the backup\'s objects are leased; it commits and verifies', async () => {
+    await write('write -P 0x41 10M 1M');
+    const { child } = await pausedAt('mid-read');
+    const fault = injectFault('gc --grace 0 racing a backup');
+    const gc = await runCli(fixture.dir, ['gc', '--repo', repo(), '--grace', '0']);
+    expect(gc.exitCode).toBe(0);
+    child.kill('SIGUSR2');
+    const result = await child;
+    expect({ code: result.exitCode, stderr: result.exitCode === 0 ? '' : String(result.stderr) }).toEqual({ code: 0, stderr: '' });
+    const listed = await runCliJson<{ backupId: string }[]>(fixture.dir, ['list', '--repo', repo()]);
+    expect((await runCli(fixture.dir, ['verify', '--repo', repo(), '--backup', listed[listed.length - 1]!.backupId])).exitCode).toBe(0);
+    await holds(false);
+    fault.held();
+  }, 180_000);
+
+  test('an object deleted before the commit: the backup fails naming it, nothing is committed', async () => {
+    await write('write -P 0x42 11M 1M');
+    const before = await runCliJson<{ backupId: string }[]>(fixture.dir, ['list', '--repo', repo()]);
+    const { child } = await pausedAt('commit');
+    const fault = injectFault('object deleted during the commit');
+    const fresh = (await containers(repo())).find((id) => !before.some((r) => r.backupId === id))!;
+    const dir = join(repo(), fresh.slice(0, 2), fresh.slice(2, 4), fresh);
+    const victim = (await readdir(dir)).find((n) => /-\d{5}$/.test(n))!;
+    await rm(join(dir, victim));
+    child.kill('SIGUSR2');
+    const result = await child;
+    expect(result.exitCode).toBe(1);
+    expect(String(result.stderr)).toMatch(new RegExp(`objects it wrote vanished .*${victim}`));
+    expect(await runCliJson<unknown[]>(fixture.dir, ['list', '--repo', repo()])).toHaveLength(before.length);
+    await holds(false);
+    fault.held();
+  }, 180_000);
 
   test('SIGINT during the commit: exit 130, and what it wrote is gone before it exits', async () => {
     await write('write -P 0x31 9M 1M');
