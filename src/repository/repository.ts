@@ -9,7 +9,7 @@ import type { S3StoreOptions } from './store/s3-store.js';
 import { DEFAULT_RETRY_POLICY, RetryStore, withRetry, type RetryPolicy } from './store/retry-store.js';
 import { KeyNamedStore } from './store/key-named-store.js';
 import { ListingSnapshot } from './store/listing-snapshot.js';
-import { containerFor, metadataName, sha256FileName, checkBackupId, type RepositoryLayout } from './format/naming.js';
+import { belongsToBackup, containerFor, leaseBackupId, metadataName, sha256FileName, checkBackupId, type RepositoryLayout } from './format/naming.js';
 import { parseMetadataStream, type BackupMetadata, type Compression, type GuestConfigExtra, type ObjectEntry } from './format/manifest.js';
 import { readSha256Stream, type DigestSink, type Sha256File, type Sha256FileHeader } from './format/sha256-file.js';
 import { DigestTable, type DigestTableOptions } from './digest-table.js';
@@ -358,6 +358,25 @@ export class Repository {
       log.debug({ backupId: r.backupId }, 'deleted');
     }
     return report;
+  }
+
+  /**
+   * Removes the objects (and lease) of a backup that was never committed, as a killed writer's journal names it; returns
+   * how many. Only in the posix layout, where the container follows from the id; s3: 0 (gc takes them once the lease
+   * is stale). A committed backup is left alone (delete it with delete()). Throws StoreError.
+   */
+  async discardUncommitted(backupId: string, signal?: AbortSignal): Promise<number> {
+    checkBackupId(backupId);
+    if (this.layout !== 'posix') return 0;
+    const container = containerFor(backupId);
+    const objects = await this.store.list(container, '', { signal });
+    if (objects.some((o) => o.name.endsWith('_metadata') && belongsToBackup(o.name, backupId))) return 0;
+    let removed = 0;
+    for (const o of objects) {
+      if (!belongsToBackup(o.name, backupId) && leaseBackupId(o.name) !== backupId) continue;
+      if (await this.store.delete(container, o.name, { signal })) removed += 1;
+    }
+    return removed;
   }
 
   /** Removes objects no _metadata references, older than the grace period. Throws StoreError. */
