@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // `npm test`: makes sure the system packages and node_modules are there, typechecks, runs every jest suite,
-// prints a plain "N passed, N failed" line, and fails if any test left a QEMU, qemu-nbd or nbdkit process behind.
+// prints a plain "N passed, N failed" line (and the fault suite's "faults: N injected, N held"), and fails if any test left a QEMU, qemu-nbd or nbdkit process behind.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,11 +27,17 @@ if (run('npx', ['tsc', '-p', 'tsconfig.json']) !== 0) {
 }
 
 const results = join(tmpdir(), `fleece-jest-${process.pid}.json`);
+// The fault suite (test/faults) writes a line per injected fault and per fault that held (test/faults/fault-count.ts).
+const faultDir = mkdtempSync(join(tmpdir(), 'fleece-faults-'));
 const extra = process.argv.slice(2);
 const status = run(process.execPath, [
   '--experimental-vm-modules', 'node_modules/jest/bin/jest.js',
   '--maxWorkers=2', '--json', `--outputFile=${results}`, ...extra,
-]);
+], { env: { ...process.env, FLEECE_FAULT_COUNT_DIR: faultDir } });
+const faultEvents = readdirSync(faultDir).flatMap((name) => readFileSync(join(faultDir, name), 'utf8').split('\n').filter(Boolean));
+rmSync(faultDir, { recursive: true, force: true });
+const injected = faultEvents.filter((line) => line.startsWith('injected\t')).length;
+const held = faultEvents.filter((line) => line.startsWith('held\t')).length;
 
 let passed = 0, failed = 0, skipped = 0;
 if (existsSync(results)) {
@@ -54,4 +60,5 @@ if (leftovers.length > 0) {
 }
 
 console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`);
+if (injected > 0) console.log(`faults: ${injected} injected, ${held} held`);
 process.exit(status !== 0 || failed > 0 ? 1 : 0);

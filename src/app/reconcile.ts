@@ -131,7 +131,10 @@ async function undo(vm: string, effect: JournalEffect, owner: JournalOwner, opti
         await repo.delete(effect.backupId);
         report.cleaned.push(`backup ${effect.backupId} of the unfinished VM backup deleted from ${effect.repo}`);
       } else {
-        report.cleaned.push(`backup ${effect.backupId} in ${effect.repo} was never committed (its objects go with \`fleece gc\`)`);
+        const removed = await repo.discardUncommitted(effect.backupId);
+        report.cleaned.push(removed > 0
+          ? `${removed} objects of backup ${effect.backupId}, never committed, removed from ${effect.repo}`
+          : `backup ${effect.backupId} in ${effect.repo} was never committed (its objects go with \`fleece gc\`)`);
       }
       return;
     }

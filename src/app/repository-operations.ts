@@ -1,6 +1,6 @@
 // Repository commands shared by the CLI and the daemon: list, find a backup (by id, or VM + disk + point in time),
 // restore to a raw/qcow2 file, verify, delete, gc.
-import { access, rm } from 'node:fs/promises';
+import { access, lstat, rm } from 'node:fs/promises';
 import {
   isS3Location,
   openRepository,
@@ -10,6 +10,7 @@ import {
   type GcReport,
   type GuestConfigExtra,
   type Repository,
+  type ScanProblem,
   type VerifyReport,
   MARKER_NAME,
   type RepositoryMarker,
@@ -106,6 +107,33 @@ async function refuseProtected(r: Repository, ids: readonly string[], cascade: b
   }
 }
 
+/** A backup `list` shows but cannot read: its `_metadata` is damaged, or of a format written by a newer fleece. */
+export interface UnreadableBackup {
+  backupId: string | null;
+  container: string;
+  object: string;
+  state: ScanProblem['state'];
+  formatVersion?: string;
+  reason: string;
+}
+
+/**
+ * The committed backups (as listBackups) and every backup whose `_metadata` could not be read (whatever the filter:
+ * an unreadable manifest names no VM). @throws NotFoundError (no repository), StoreError.
+ */
+export async function listRepository(
+  repo: string | Repository, filter: { vm?: string; disk?: string; signal?: AbortSignal; withProtection?: boolean } = {},
+): Promise<{ records: (BackupRecord & { protected?: true })[]; unreadable: UnreadableBackup[] }> {
+  const r = await open(repo);
+  const records = await listBackups(r, filter);
+  const { problems } = await r.scan(filter.signal);
+  const unreadable = problems.map((p): UnreadableBackup => ({
+    backupId: p.backupId ?? null, container: p.container, object: p.object, state: p.state,
+    ...(p.formatVersion !== undefined ? { formatVersion: p.formatVersion } : {}), reason: p.error.message,
+  }));
+  return { records, unreadable };
+}
+
 /**
  * The one backup a selector names.
  * @throws InvalidInputError (neither id nor VM; several disks and no --disk), NotFoundError naming what was
@@ -175,9 +203,15 @@ export async function restoreToFile(
   const repo = await open(request.repo);
   const record = await findBackup(repo, request.selector);
   const format = request.format ?? 'raw';
-  const exists = await access(request.out).then(() => true, () => false);
+  const target = await lstat(request.out).catch(() => undefined);
+  const exists = target !== undefined;
+  if (target?.isSymbolicLink()) {
+    throw new ConflictError(`the restore target ${request.out} is a symbolic link: fleece never writes through one${request.overwrite ? ', even with --force' : ''}`, {
+      hint: 'restore to the path it points to, or remove the link first',
+    });
+  }
   if (exists && !request.overwrite) {
-    throw new ConflictError(`the restore target ${request.out} already exists`, { hint: 'choose a new path, or pass --force to replace it' });
+    throw new ConflictError(`the restore target ${request.out} already exists`, { hint: 'choose a new path, or pass --force (the API: "force": true) to replace it' });
   }
   const options = { ...(hooks.signal ? { signal: hooks.signal } : {}), ...(hooks.onProgress ? { onProgress: hooks.onProgress } : {}) };
   let created = false;

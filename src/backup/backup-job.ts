@@ -4,6 +4,7 @@ import { open, truncate, stat } from 'node:fs/promises';
 import { QmpError, type QmpExecutor, type QmpEventListener } from '../qmp/index.js';
 import { AbortedError, FleeceError, InvalidInputError, describeError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
+import { testPausePoint } from '../util/test-pause.js';
 import { nextDiskState, type DiskEvent, type DiskState } from './disk-state.js';
 import { BackupJobError } from './errors.js';
 import { foldJobState, isJobTerminal, type JobFold, type JobPhase, type JobRequest } from './job-state.js';
@@ -164,6 +165,8 @@ export class BackupJobRun {
    */
   async commit(signal?: AbortSignal): Promise<void> {
     throwIfAborted(signal, `the backup of VM '${this.#vm}'`);
+    await testPausePoint('before-transaction', signal);
+    throwIfAborted(signal, `the backup of VM '${this.#vm}'`);
     const listener = this.#qmp.listen(JOB_EVENTS);
     try {
       await this.#qmp.execute('transaction', { actions: this.#plan.transaction });
@@ -184,6 +187,7 @@ export class BackupJobRun {
       this.#apply(disk.target, 'started');
     }
     this.#watching = this.#watch(listener);
+    await testPausePoint('after-transaction', signal);
   }
 
   /** Post-commit commands (pull exports); each recorded. Throws what QEMU says. */

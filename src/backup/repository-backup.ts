@@ -24,6 +24,7 @@ import {
 } from '../repository/index.js';
 import { AbortedError, InvalidInputError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
+import { testPausePoint } from '../util/test-pause.js';
 import { CheckpointBitmapInvalidError, type ControlPlane, type DiskExport, type PointInTime, type QuiesceMode, type SourceDisk } from './control/control-plane.js';
 import type { CheckpointCheck } from '../checkpoint/manager.js';
 import { chooseBackupLevel, fallBackToCompare, type DiskLevel, type LevelDecision, type RequestedLevel } from './level.js';
@@ -461,6 +462,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         })) {
           while (z < zeros.length && zeros[z]!.offset < piece.offset) await writer.write({ ...zeros[z++]!, zero: true });
           await writer.write({ offset: piece.offset, length: piece.length, data: piece.data }, { handOver: true });
+          if (plan.bytesDone === 0) await testPausePoint('mid-read', inner.signal);
           plan.bytesDone += piece.length;
           totalDone += piece.length;
           hooks.onProgress?.({ disk: disk.target, bytesDone: plan.bytesDone, bytesTotal: plan.bytesTotal, totalDone, totalBytes });

@@ -20,7 +20,11 @@ export interface XmlElement {
 
 type OrderedNode = Record<string, unknown>;
 
+/** The largest XML document fleece reads: 10 MiB, virsh's own limit for an XML file (VSH_MAX_XML_FILE). */
+export const MAX_XML_BYTES = 10 * 1024 * 1024;
+
 const parser = new XMLParser({
+  htmlEntities: false, // and no DOCTYPE gets here (checkBounded): the five predefined entities only
   ignoreAttributes: false,
   attributeNamePrefix: '',
   parseTagValue: false,
@@ -31,6 +35,30 @@ const parser = new XMLParser({
 });
 
 /**
+ * Throws InvalidInputError when `xml` is larger than MAX_XML_BYTES, has a DOCTYPE (entity definitions: a billion
+ * laughs, external files) or refers to any entity but the five XML predefines (character references too: the parser would keep them literally).
+ */
+export function checkBounded(xml: string, what: string): void {
+  if (Buffer.byteLength(xml, 'utf8') > MAX_XML_BYTES) {
+    throw new InvalidInputError(`${what} is larger than ${MAX_XML_BYTES / 1024 / 1024} MiB`, { hint: 'libvirt XML documents are a few KiB: pass the right file' });
+  }
+  const doctype = /<!DOCTYPE|<!ENTITY/i.exec(xml);
+  if (doctype) {
+    throw new InvalidInputError(`${what} has a ${doctype[0].slice(2).toUpperCase()} declaration (line ${lineOf(xml, doctype.index)}): fleece reads no DTD and no entity definitions`, { hint: 'remove the declaration and write the values out' });
+  }
+  const entity = /&(?!(?:amp|lt|gt|quot|apos);)[^;\s<&]*;?/.exec(xml);
+  if (entity) {
+    throw new InvalidInputError(`${what} refers to the entity '${entity[0]}' (line ${lineOf(xml, entity.index)}), which fleece does not expand`, { hint: 'write the value out; only &amp; &lt; &gt; &quot; and &apos; are allowed' });
+  }
+}
+
+function lineOf(text: string, index: number): number {
+  let line = 1;
+  for (let i = text.indexOf('\n'); i !== -1 && i < index; i = text.indexOf('\n', i + 1)) line++;
+  return line;
+}
+
+/**
  * Parses an XML document into an element tree and checks its root element's name.
  * @throws InvalidInputError naming the line and column when the text is not well formed, and naming the root
  * element when it is not `<rootName>`.
@@ -39,6 +67,7 @@ export function parseXmlDocument(xml: string, rootName: string, what: string): X
   if (typeof xml !== 'string' || xml.trim() === '') {
     throw new InvalidInputError(`${what} is empty`, { hint: `pass a <${rootName}> document` });
   }
+  checkBounded(xml, what);
   const valid = XMLValidator.validate(xml);
   if (valid !== true) {
     const { line, col, msg } = valid.err;

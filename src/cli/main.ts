@@ -37,7 +37,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     const program = buildProgram(controller.signal);
     await program.parseAsync(argv);
-    return 0;
+    return typeof process.exitCode === 'number' ? process.exitCode : 0; // a command that finished but failed in part (list, recover)
   } catch (error) {
     const code = exitCodeOf(error, controller.signal.aborted);
     const commanderError = typeof error === 'object' && error !== null && 'code' in error && String((error as { code: unknown }).code).startsWith('commander.');

@@ -61,7 +61,7 @@ type HealthCheck = Static<typeof HealthSchema>;
 export const VmEntrySchema = Type.Object({
   name: Type.String({ minLength: 1 }),
   qmp: Type.Optional(Type.String({ minLength: 1, description: 'a bare QEMU: its QMP socket' })),
-  guestAgent: Type.Optional(Type.String()),
+  guestAgent: Type.Optional(Type.String({ minLength: 1, pattern: '^/', description: 'absolute path of the guest agent socket' })),
   connect: Type.Optional(Type.String({ minLength: 1, description: 'a libvirt domain: the libvirt URI (qemu:///system)' })),
 }, { additionalProperties: false });
 type VmEntryBodyCheck = Static<typeof VmEntrySchema>;
@@ -95,14 +95,15 @@ export const CheckpointCreateSchema = Type.Object({
   xml: Type.Optional(Type.String()),
   name: Type.Optional(Type.String()),
   description: Type.Optional(Type.String()),
-});
+}, { additionalProperties: false });
+export const CheckpointRedefineSchema = Type.Object({ xml: Type.String() }, { additionalProperties: false });
 export const NameXmlSchema = Type.Object({ name: Type.String(), xml: Type.String() });
 
 export const BackupBeginSchema = Type.Object({
   backupXml: Type.Optional(Type.String()),
   checkpointXml: Type.Optional(Type.String()),
   reuseExternal: Type.Optional(Type.Boolean()),
-});
+}, { additionalProperties: false });
 export type BackupBeginBody = Static<typeof BackupBeginSchema>;
 
 /** The same options as `fleece backup` (app/backup-request.ts checks them once more, for both). */
@@ -130,17 +131,24 @@ export const JobReplySchema = Type.Object({ job: JobInfoSchema });
 export const MaybeJobReplySchema = Type.Object({ job: Type.Union([JobInfoSchema, Type.Null()]) });
 export const JobListSchema = Type.Object({ jobs: Type.Array(JobInfoSchema) });
 
+/** A repository as a request names it: an absolute directory or s3://bucket[/prefix] (relative means nothing to a daemon). */
+const RepoField = Type.String({ minLength: 1, pattern: '^(/|s3://)', description: 'absolute path of the repository directory, or s3://bucket[/prefix]' });
+
 export const RestoreSchema = Type.Object({
-  repo: Type.String({ minLength: 1 }),
+  repo: RepoField,
   backupId: Type.String({ minLength: 1 }),
-  out: Type.String({ minLength: 1 }),
+  out: Type.String({ minLength: 1, pattern: '^/', description: 'absolute path of the file to create' }),
   format: Type.Optional(Type.Union([Type.Literal('raw'), Type.Literal('qcow2')])),
-});
+  force: Type.Optional(Type.Boolean({ description: 'replace out when it exists (as `fleece restore --force`; never through a symbolic link)' })),
+}, { additionalProperties: false });
 export const VerifySchema = Type.Object({
-  repo: Type.String({ minLength: 1 }),
+  repo: RepoField,
   backupId: Type.String({ minLength: 1 }),
   deep: Type.Optional(Type.Boolean()),
-});
+}, { additionalProperties: false });
+export const BackupListQuerySchema = Type.Object({
+  repo: RepoField, vm: Type.Optional(Type.String()), disk: Type.Optional(Type.String()),
+}, { additionalProperties: false });
 
 // The plain types clients use must match the schemas (a compile error here means one of them drifted).
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;

@@ -2,6 +2,7 @@
 // fleeced: the fleece host daemon's command line (flags, configuration file, logging, signals).
 import '../util/threadpool-size.js';
 import { join, resolve } from 'node:path';
+import { rm } from 'node:fs/promises';
 import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';
 import { resolveConfigDir } from '../app/paths.js';
@@ -37,7 +38,9 @@ async function main(argv: string[]): Promise<number> {
     .option('--max-jobs <n>', 'backup jobs running at the same time (default 4)', number('--max-jobs'))
     .option('--log-level <level>', 'fatal, error, warn, info (default), debug, trace or silent')
     .option('--log-file <path>', 'log to this file instead of stderr')
-    .option('--exit-when-idle <seconds>', 'exit once no job has been active for this long', number('--exit-when-idle'));
+    .option('--exit-when-idle <seconds>', 'exit once no job has been active for this long', number('--exit-when-idle'))
+    .option('--remove-on-exit <path>', 'remove this file or directory once stopped (repeatable; the private fleeced of backup-begin: its registry copy and log)',
+      (path: string, paths: string[]) => [...paths, resolve(path)], [] as string[]);
   program.parse(argv);
   const o = program.opts<{
     config?: string;
@@ -56,6 +59,7 @@ async function main(argv: string[]): Promise<number> {
     logLevel?: string;
     logFile?: string;
     exitWhenIdle?: number;
+    removeOnExit: string[];
   }>();
   const flags: DaemonConfigInput = {
     socket: o.socket,
@@ -93,6 +97,7 @@ async function main(argv: string[]): Promise<number> {
   }
   await daemon.stopped;
   logger.flush();
+  for (const path of o.removeOnExit) await rm(path, { recursive: true, force: true }).catch(() => undefined);
   return 0;
 }
 

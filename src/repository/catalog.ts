@@ -2,7 +2,7 @@
 import { NotFoundError, IntegrityError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import type { ObjectStore } from './store/object-store.js';
-import { parseMetadataStream, type BackupMetadata } from './format/manifest.js';
+import { NewerFormatError, parseMetadataStream, type BackupMetadata } from './format/manifest.js';
 import { prefixOfMetadataName } from './format/naming.js';
 
 const log = getLogger('repository.catalog');
@@ -71,7 +71,28 @@ export function recordOf(meta: BackupMetadata, container: string, prefix: string
   };
 }
 
-export interface ScanProblem { container: string; object: string; error: Error }
+/**
+ * A `_metadata` the scan could not read: `damaged` (not a valid manifest) or `newer-format` (a format version this
+ * fleece does not know, `formatVersion`). `backupId` is the id in the object's name.
+ */
+export interface ScanProblem {
+  container: string;
+  object: string;
+  error: Error;
+  state: 'damaged' | 'newer-format';
+  backupId?: string;
+  formatVersion?: string;
+}
+
+/** The problem record of an unreadable `_metadata`. */
+export function scanProblem(container: string, object: string, error: Error): ScanProblem {
+  const id = /_backup_([A-Za-z0-9][A-Za-z0-9-]*)_metadata$/.exec(object)?.[1];
+  return {
+    container, object, error, state: error instanceof NewerFormatError ? 'newer-format' : 'damaged',
+    ...(id !== undefined ? { backupId: id } : {}),
+    ...(error instanceof NewerFormatError ? { formatVersion: error.formatVersion } : {}),
+  };
+}
 
 /**
  * Scans every container for `_metadata` objects. Damaged manifests are reported in `problems`, not thrown.
@@ -90,7 +111,7 @@ export async function scanCatalog(store: ObjectStore, signal?: AbortSignal): Pro
         records.push(recordOf(meta, container, prefix));
       } catch (error) {
         log.debug({ container, object: info.name, err: error }, 'damaged manifest');
-        problems.push({ container, object: info.name, error: error as Error });
+        problems.push(scanProblem(container, info.name, error as Error));
       }
     }
   }

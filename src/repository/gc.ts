@@ -1,5 +1,7 @@
 // Garbage collection: removes objects that no _metadata references (crashed or cancelled backups), after a grace period.
+import { hostname } from 'node:os';
 import { throwIfAborted } from '../util/errors.js';
+import { processStartTime } from '../util/process-start.js';
 import { getLogger } from '../util/logger.js';
 import type { ObjectStore } from './store/object-store.js';
 import { parseMetadataStream } from './format/manifest.js';
@@ -19,8 +21,9 @@ export interface GcOptions {
   /** Report what would be removed, remove nothing. */
   dryRun?: boolean;
   /**
-   * A backup whose lease object (s3 layout) was refreshed within this time is still being written: none of its
-   * objects is removed, whatever their age. Default 15 min (writers refresh every minute).
+   * A backup whose lease object was refreshed within this time is still being written: none of its objects is
+   * removed, whatever their age (even with a grace of 0). Default 15 min (writers refresh every minute). A lease
+   * whose writer ran on this host and is gone (pid and start time) protects nothing: its objects age as any other.
    */
   leaseTtlMs?: number;
   now?: Date;
@@ -34,6 +37,18 @@ export interface GcReport {
   skipped: { container: string; object: string; reason: string }[];
   /** Backups left alone because their lease is alive (being written, maybe on another host). */
   leased?: { container: string; backupId: string }[];
+}
+
+/** True when the lease says its writer ran on this host and that process is gone (a reused pid has another start time). */
+async function writerGone(store: ObjectStore, container: string, name: string, signal?: AbortSignal): Promise<boolean> {
+  let body: { host?: unknown; pid?: unknown; start_time?: unknown };
+  try {
+    body = JSON.parse((await store.get(container, name, { signal })).toString('utf8')) as typeof body;
+  } catch {
+    return false; // unreadable (being rewritten, or not ours): it protects until it goes stale
+  }
+  if (body.host !== hostname() || typeof body.pid !== 'number' || typeof body.start_time !== 'string') return false;
+  return processStartTime(body.pid) !== body.start_time;
 }
 
 /** An object of some backup (`…_backup_<id>-NNNNN`, `_metadata`, `_sha256file`) or a lease: what gc may remove in the s3 layout. */
@@ -59,7 +74,7 @@ export async function collectGarbage(store: ObjectStore, options: GcOptions = {}
     const live: string[] = [];
     for (const info of objects) {
       const id = leaseBackupId(info.name);
-      if (id !== undefined && info.modified.getTime() > leaseCutoff) live.push(id);
+      if (id !== undefined && info.modified.getTime() > leaseCutoff && !await writerGone(store, container, info.name, options.signal)) live.push(id);
     }
     for (const backupId of live) (report.leased ??= []).push({ container, backupId });
     const leased = (name: string) => live.some((id) => belongsToBackup(name, id) || leaseBackupId(name) === id);

@@ -5,7 +5,7 @@ export {
   type BackupMode, type BackupSummary,
 } from './writer.js';
 export { alignRangesToBlocks, type Extent, type DataExtent, type ZeroExtent, type Range } from './extents.js';
-export { MissingParentError, type BackupRecord } from './catalog.js';
+export { MissingParentError, type BackupRecord, type ScanProblem } from './catalog.js';
 export type { VerifyOptions, VerifyReport, VerifyProblem } from './verify.js';
 export { DEFAULT_GC_GRACE_MS, type GcOptions, type GcReport } from './gc.js';
 export { ObjectNotFoundError, StoreError, type ObjectStore, type ObjectInfo } from './store/object-store.js';

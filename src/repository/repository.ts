@@ -9,7 +9,7 @@ import type { S3StoreOptions } from './store/s3-store.js';
 import { DEFAULT_RETRY_POLICY, RetryStore, withRetry, type RetryPolicy } from './store/retry-store.js';
 import { KeyNamedStore } from './store/key-named-store.js';
 import { ListingSnapshot } from './store/listing-snapshot.js';
-import { containerFor, metadataName, sha256FileName, checkBackupId, type RepositoryLayout } from './format/naming.js';
+import { belongsToBackup, containerFor, leaseBackupId, metadataName, sha256FileName, checkBackupId, type RepositoryLayout } from './format/naming.js';
 import { parseMetadataStream, type BackupMetadata, type Compression, type GuestConfigExtra, type ObjectEntry } from './format/manifest.js';
 import { readSha256Stream, type DigestSink, type Sha256File, type Sha256FileHeader } from './format/sha256-file.js';
 import { DigestTable, type DigestTableOptions } from './digest-table.js';
@@ -81,7 +81,7 @@ export interface RepositoryOptions {
   layout?: RepositoryLayout;
   /** The `az_<az>` in s3-layout object names (default `nova`, Cinder's). */
   availabilityZone?: string;
-  /** The lease of backups being written (s3 layout; default DEFAULT_LEASE). */
+  /** The lease of backups being written (both layouts; default DEFAULT_LEASE). */
   lease?: LeaseOptions;
   /** openRepository('s3://…'): endpoint, credentials, region… beyond what the environment and ~/.aws say. */
   s3?: Omit<S3StoreOptions, 'bucket' | 'prefix'>;
@@ -101,7 +101,6 @@ type MarkerState = RepositoryMarker | undefined | 'unsupported';
  */
 export const S3_DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024;
 /** Segments in flight at most on S3 by default (each up to 2 × 16 MiB): memory stays under 256 MiB per disk. */
-const S3_MAX_QUEUE_DEPTH = 8;
 
 /** A sha256file's header, digest count and digests (close the table when done). */
 export interface Sha256Table { header: Sha256FileHeader; count: number; table: DigestTable; where: string }
@@ -231,12 +230,11 @@ export class Repository {
       compressionLevel: options.compressionLevel, name: options.name ?? null, description: options.description ?? null,
       vm: options.vm, disk: options.disk, checkpoint: options.checkpoint, incrementalFrom: options.incrementalFrom,
       groupId: options.groupId, guestConfig: options.guestConfig, workers: options.workers, queueDepth: options.queueDepth, signal: options.signal, now: options.now,
-      digestTable: this.options.digestTable,
+      digestTable: this.options.digestTable, lease: this.options.lease ?? DEFAULT_LEASE,
       ...(encryption ? { encryption } : {}),
       ...(this.layout === 's3' ? {
-        layout: 's3' as const, availabilityZone: this.options.availabilityZone, lease: this.options.lease ?? DEFAULT_LEASE,
-        // 16 MiB segments: at most 8 in flight (≤ 256 MiB with their compressed copies), whatever the core count
-        queueDepth: options.queueDepth ?? Math.min(S3_MAX_QUEUE_DEPTH, 2 * (options.workers ?? availableParallelism()) + 2),
+        // 16 MiB segments: the writer's memory budget (defaultQueueDepth) bounds how many are in flight.
+        layout: 's3' as const, availabilityZone: this.options.availabilityZone,
       } : {}),
     });
     try {
@@ -444,6 +442,25 @@ export class Repository {
       log.debug({ backupId: r.backupId }, 'deleted');
     }
     return report;
+  }
+
+  /**
+   * Removes the objects (and lease) of a backup that was never committed, as a killed writer's journal names it; returns
+   * how many. Only in the posix layout, where the container follows from the id; s3: 0 (gc takes them once the lease
+   * is stale). A committed backup is left alone (delete it with delete()). Throws StoreError.
+   */
+  async discardUncommitted(backupId: string, signal?: AbortSignal): Promise<number> {
+    checkBackupId(backupId);
+    if (this.layout !== 'posix') return 0;
+    const container = containerFor(backupId);
+    const objects = await this.store.list(container, '', { signal });
+    if (objects.some((o) => o.name.endsWith('_metadata') && belongsToBackup(o.name, backupId))) return 0;
+    let removed = 0;
+    for (const o of objects) {
+      if (!belongsToBackup(o.name, backupId) && leaseBackupId(o.name) !== backupId) continue;
+      if (await this.store.delete(container, o.name, { signal })) removed += 1;
+    }
+    return removed;
   }
 
   /** Removes objects no _metadata references, older than the grace period. Throws StoreError. */

@@ -1,8 +1,10 @@
 // BackupWriter: turns a stream of extents into Cinder data objects, a _sha256file and, last, the _metadata.
 import { createHash, randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
-import { AbortedError, ConflictError, FleeceError, InvalidInputError, throwIfAborted } from '../util/errors.js';
+import { processStartTime } from '../util/process-start.js';
+import { AbortedError, ConflictError, FleeceError, IntegrityError, InvalidInputError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
+import { testPausePoint } from '../util/test-pause.js';
 import { StoreError, type ObjectStore } from './store/object-store.js';
 import {
   DEFAULT_LEASE_TTL_MS, FORMAT_VERSION, backupLocation, dataObjectName, leaseName, metadataName, pythonDatetimeString, sha256FileName,
@@ -31,7 +33,7 @@ export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
 export const DEFAULT_SHA_BLOCK_SIZE = 32 * 1024;
 
 /**
- * A backup being written says so with a lease object (s3 layout, where writers on many hosts share one bucket):
+ * A backup being written says so with a lease object (both layouts; in s3 writers on many hosts share one bucket):
  * put before its first object, put again every `refreshMs`, removed after the commit; gc leaves every object of a
  * backup whose lease is younger than its `ttlMs` alone. The writer refuses to commit when its lease went unrefreshed
  * for half the ttl (a gc elsewhere may then have removed its objects).
@@ -85,7 +87,7 @@ export interface WriterOptions {
   layout?: RepositoryLayout;
   /** The `az_<az>` of s3-layout names (default Cinder's `nova`). */
   availabilityZone?: string;
-  /** Keep a lease while writing (see LeaseOptions); the repository sets it for the s3 layout. */
+  /** Keep a lease while writing (see LeaseOptions); the repository sets it for both layouts. */
   lease?: LeaseOptions;
   /** Worker threads (default: one per core). */
   workers?: number;
@@ -197,6 +199,8 @@ export class BackupWriter {
   private leaseTimer: NodeJS.Timeout | undefined;
   private leaseRefresh: Promise<void> | undefined;
   private aborting: Promise<void> | undefined;
+  /** Resolves once a finish() in progress has settled (committed, or removed what it wrote). */
+  private finishSettled: Promise<void> = Promise.resolve();
   /** When the lease was last put (Date.now()); undefined: no lease (yet). */
   private leaseAt: number | undefined;
   private readonly onAbort = () => { void this.abort(this.signal?.reason); };
@@ -278,7 +282,7 @@ export class BackupWriter {
   private leaseBody(): Buffer {
     return Buffer.from(`${JSON.stringify({
       backup_id: this.backupId, prefix: this.prefix, host: hostname(), pid: process.pid,
-      refreshed_at: new Date().toISOString(), ttl_seconds: Math.round(this.options.lease!.ttlMs / 1000),
+      start_time: processStartTime(process.pid) ?? null, refreshed_at: new Date().toISOString(), ttl_seconds: Math.round(this.options.lease!.ttlMs / 1000),
     })}\n`);
   }
 
@@ -286,7 +290,7 @@ export class BackupWriter {
   private async takeLease(): Promise<void> {
     const lease = this.options.lease;
     if (!lease) return;
-    const name = leaseName(this.container, this.backupId);
+    const name = this.leaseObjectName();
     await this.store.put(this.container, name, this.leaseBody(), { signal: this.signal });
     this.leaseAt = Date.now();
     this.leaseTimer = setInterval(() => {
@@ -319,7 +323,27 @@ export class BackupWriter {
     await this.leaseRefresh; // else a refresh on its way would put the lease back
     if (this.leaseAt === undefined) return;
     this.leaseAt = undefined;
-    await this.store.delete(this.container, leaseName(this.container, this.backupId)).catch(() => undefined);
+    await this.store.delete(this.container, this.leaseObjectName()).catch(() => undefined);
+  }
+
+  /** s3: a key beside the backup's prefix; posix: a file in the backup's own container. */
+  private leaseObjectName(): string {
+    const key = leaseName(this.container, this.backupId);
+    return this.options.layout === 's3' ? key : key.slice(this.container.length + 1);
+  }
+
+  /**
+   * Throws IntegrityError naming the first object this backup wrote that is no longer in the repository (a gc, an
+   * operator or a damaged disk removed it): the _metadata is then never written, so nothing is built on it.
+   */
+  private async checkWritten(): Promise<void> {
+    const present = new Set((await this.store.list(this.container, this.prefix, { signal: this.signal })).map((o) => o.name));
+    const missing = this.written.filter((name) => !present.has(name));
+    if (missing.length > 0) {
+      throw new IntegrityError(`backup ${this.backupId}: ${missing.length} of the ${this.written.length} objects it wrote vanished from ${this.store.location} before its commit (first: ${this.container}/${missing[0]})`, {
+        hint: 'something removed them while the backup ran (a gc with another lease setting, an operator, the file system): nothing was committed; take the backup again',
+      });
+    }
   }
 
   private check(): void {
@@ -596,6 +620,8 @@ export class BackupWriter {
    */
   async finish(): Promise<BackupSummary> {
     this.check();
+    let settle = () => {};
+    this.finishSettled = new Promise<void>((resolve) => { settle = resolve; });
     try {
       await this.prepare();
       await this.flush();
@@ -634,6 +660,10 @@ export class BackupWriter {
       };
       this.checkFinishing();
       this.checkLease();
+      await testPausePoint('commit', this.signal);
+      this.checkFinishing();
+      await this.checkWritten();
+      this.checkFinishing();
       const pieces = async function* () { yield* serializeMetadataPieces(meta); };
       await this.store.put(this.container, metadataName(this.prefix), pieces(), { signal: this.signal });
       this.state = 'done';
@@ -654,6 +684,7 @@ export class BackupWriter {
       this.signal?.removeEventListener('abort', this.onAbort);
       await this.pool.close();
       this.digests.close();
+      settle();
     }
   }
 
@@ -679,11 +710,13 @@ export class BackupWriter {
     if (this.state === 'aborted') return this.aborting; // a second call (the signal's, then the caller's) waits for the first
     if (this.state === 'done') return;
     const wasFinishing = this.state === 'finishing';
+    if (wasFinishing) this.aborting = this.finishSettled; // finish() removes what was written: wait for it
     this.state = 'aborted';
     this.failure = reason;
     for (const w of this.slotWaiters.splice(0)) w();
     this.signal?.removeEventListener('abort', this.onAbort);
-    if (!wasFinishing) {
+    if (wasFinishing) await this.aborting;
+    else {
       this.aborting = (async () => {
         await this.pool.close();
         await this.cleanup();

@@ -1,4 +1,5 @@
 // BlockSink adapters over files: a new sparse raw file, or an existing file / block device overwritten in place.
+import { constants as fsConstants } from 'node:fs';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { InvalidInputError } from '../util/errors.js';
 import { StoreError } from '../repository/store/object-store.js';
@@ -72,11 +73,12 @@ class FileSink implements BlockSink {
 export async function createSparseFileSink(path: string, size: number, options: { overwrite?: boolean } = {}): Promise<BlockSink> {
   let handle: FileHandle;
   try {
-    handle = await open(path, options.overwrite ? 'w+' : 'wx+', 0o644);
+    // O_NOFOLLOW: an overwrite never writes through a symbolic link into its target (ELOOP instead).
+    handle = await open(path, options.overwrite ? fsConstants.O_RDWR | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW : 'wx+', 0o644);
     await handle.truncate(size);
   } catch (error) {
     throw new StoreError(`cannot create the restore target ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, {
-      cause: error, hint: (error as NodeJS.ErrnoException).code === 'EEXIST' ? 'choose a new path or allow overwrite' : undefined,
+      cause: error, hint: (error as NodeJS.ErrnoException).code === 'EEXIST' ? 'choose a new path or allow overwrite' : (error as NodeJS.ErrnoException).code === 'ELOOP' ? 'it is a symbolic link: restore to the real path' : undefined,
     });
   }
   return new FileSink(path, size, true, handle);

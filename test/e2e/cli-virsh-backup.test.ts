@@ -143,6 +143,9 @@ describe('fleece backup-begin and the job verbs (no fleeced running)', () => {
     await expect(fixture.qemu.client.execute('nbd-server-stop')).rejects.toThrow();
     expect(await daemonsGone()).toBe(true);
     expect(existsSync(join(home, 'run', 'fleeced.sock'))).toBe(false);
+    // Nor its registry copy (vms.json) nor its log (issue 14, item 9).
+    expect(existsSync(join(home, 'run', 'fleeced-private'))).toBe(false);
+    expect(existsSync(join(home, 'run', 'fleeced-private.log'))).toBe(false);
     // The job's record outlives the daemon: domjobinfo --completed reads it.
     expect(await ok('domjobinfo', 'vm1', '--completed')).toMatch(/^Job type: {9}Cancelled {3}\nOperation: {8}Backup {6}\n/);
     expect(await ok('domjobinfo', 'vm1')).toBe('Job type:         None        \n');

@@ -1,7 +1,8 @@
 // fleeced's API edges as a process: bad input gets 4xx naming the field and never crashes it, TCP needs the token,
 // the OpenAPI document is served, and --exit-when-idle ends the daemon by itself.
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
-import { writeFile } from 'node:fs/promises';
+import { readFile, symlink, writeFile } from 'node:fs/promises';
+import { openRepository } from '../../src/repository/index.js';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { useQemuSystem } from '../harness/jest-qemu.js';
@@ -71,6 +72,21 @@ describe('fleeced API', () => {
       ['GET', '/v1/vms/vm1/backup-xml', undefined, 404, /no active backup job/],
       ['POST', '/v1/vms/vm1/job/abort', undefined, 404, /no active backup job/],
       ['GET', '/v1/no/such/route', undefined, 404, /no route/],
+      // Unknown fields and relative paths are refused on every route (issue 14, item 9).
+      ['POST', '/v1/vms', { name: 'vm9', qmp: '/x', colour: 'red' }, 400, /colour/],
+      ['POST', '/v1/vms', { name: 'vm9', qmp: '/x', guestAgent: 'ga.sock' }, 400, /guestAgent/],
+      ['POST', '/v1/vms/vm1/backup-begin', { bogus: 1 }, 400, /bogus/],
+      ['POST', '/v1/vms/vm1/checkpoints', { name: 'c9', extra: 1 }, 400, /extra/],
+      ['POST', '/v1/vms/vm1/checkpoints/redefine', { xml: '<domaincheckpoint/>', extra: 1 }, 400, /extra/],
+      ['POST', '/v1/vms/vm1/backups', { repo: '/r', surprise: 1 }, 400, /surprise/],
+      ['POST', '/v1/vms/vm1/backups', { repo: 'relative/repo' }, 400, /repo/],
+      ['POST', '/v1/repository/restore', { repo: 'relative/repo', backupId: 'x', out: '/o.raw' }, 400, /repo/],
+      ['POST', '/v1/repository/restore', { repo: '/r', backupId: 'x', out: 'o.raw' }, 400, /out/],
+      ['POST', '/v1/repository/restore', { repo: '/r', backupId: 'x', out: '/o.raw', overwrite: true }, 400, /overwrite/],
+      ['POST', '/v1/repository/verify', { repo: 'relative', backupId: 'x' }, 400, /repo/],
+      ['POST', '/v1/repository/verify', { repo: '/r', backupId: 'x', deeep: true }, 400, /deeep/],
+      ['GET', '/v1/repository/backups?repo=/r&colour=red', undefined, 400, /colour/],
+      ['GET', '/v1/jobs?colour=red', undefined, 400, /colour/],
     ];
     for (const [method, path, body, status, message] of cases) {
       const reply = await d.request(method, path, body);
@@ -94,6 +110,30 @@ describe('fleeced API', () => {
     const doc = await d.request('GET', '/openapi.json');
     expect(doc.body.openapi).toMatch(/^3\./);
     expect(Object.keys(doc.body.paths)).toEqual(expect.arrayContaining(['/v1/vms/{vm}/backup-begin', '/v1/jobs/{id}/events', '/v1/repository/restore']));
+  });
+
+  test('API restore: force replaces an existing file as the CLI\'s --force does, never through a symbolic link', async () => {
+    const repo = join(dir, 'repo');
+    const disk = Buffer.alloc(1024 * 1024, 0x5a);
+    const r = await openRepository(repo);
+    const w = await r.startBackup({ volumeId: 'v', size: disk.length, workers: 1 });
+    await w.write({ offset: 0, length: disk.length, data: disk });
+    const { backupId } = await w.finish();
+    daemon = await startDaemonProcess(daemonDirs(dir));
+    const out = join(dir, 'out.raw');
+    await writeFile(out, 'old');
+    const refused = await daemon.request('POST', '/v1/repository/restore', { repo, backupId, out });
+    expect(refused.status).toBe(409);
+    expect(refused.body.error.message).toContain('already exists');
+    expect((await daemon.request('POST', '/v1/repository/restore', { repo, backupId, out, force: true })).status).toBe(200);
+    expect((await readFile(out)).equals(disk)).toBe(true);
+    const victim = join(dir, 'victim.txt');
+    await writeFile(victim, 'keep');
+    await symlink(victim, join(dir, 'link.raw'));
+    const link = await daemon.request('POST', '/v1/repository/restore', { repo, backupId, out: join(dir, 'link.raw'), force: true });
+    expect(link.status).toBe(409);
+    expect(link.body.error.message).toContain('is a symbolic link');
+    expect(await readFile(victim, 'utf8')).toBe('keep');
   });
 
   test('TCP needs the bearer token; TCP without a token file refuses to start', async () => {

@@ -17,17 +17,20 @@ export async function listRepositoryBackups(repo: string, filter: { vm?: string;
 }
 
 /**
- * Restores a backup (its chain) into a new file `out`, raw (default) or qcow2.
+ * Restores a backup (its chain) into a new file `out`, raw (default) or qcow2; `force` replaces an existing one.
  * @throws InvalidInputError (paths, unknown size), NotFoundError (backup), ConflictError (out exists), IntegrityError.
  */
 export async function restoreFromRepository(
-  request: { repo: string; backupId: string; out: string; format?: 'raw' | 'qcow2' },
+  request: { repo: string; backupId: string; out: string; format?: 'raw' | 'qcow2'; force?: boolean },
   signal?: AbortSignal,
 ): Promise<RestoreSummary> {
   absolute('repo', request.repo);
   absolute('out', request.out);
   const { summary } = await restoreToFile(
-    { repo: request.repo, selector: { backupId: request.backupId }, out: request.out, ...(request.format ? { format: request.format } : {}) },
+    {
+      repo: request.repo, selector: { backupId: request.backupId }, out: request.out,
+      ...(request.format ? { format: request.format } : {}), ...(request.force ? { overwrite: true } : {}),
+    },
     signal ? { signal } : {},
   );
   return summary;

@@ -124,19 +124,27 @@ async function restoreGroupCommand(ctx: CliContext, flags: RestoreFlags, format:
 export function registerRepositoryCommands(program: Command, context: () => CliContext): void {
   program
     .command('list')
-    .description('list the complete backups in a repository (oldest first)')
+    .description('list the complete backups in a repository (oldest first); a damaged or newer-format backup is named on stderr and makes the exit code 1')
     .requiredOption('--repo <dir>', 'the repository directory, or s3://BUCKET[/PREFIX]')
     .option('--vm <name>', 'only this VM')
     .option('--disk <target>', 'only this disk')
     .action(async (flags: { repo: string; vm?: string; disk?: string }) => {
       const ctx = context();
-      const { listBackups } = await repositoryApp();
-      const records = await listBackups(repoLocation(flags.repo), {
+      const { listRepository } = await repositoryApp();
+      const { records, unreadable } = await listRepository(repoLocation(flags.repo), {
         ...(flags.vm !== undefined ? { vm: flags.vm } : {}), ...(flags.disk !== undefined ? { disk: flags.disk } : {}), signal: ctx.signal, withProtection: true,
       });
-      if (ctx.json) ctx.printJson(records);
-      else if (records.length === 0) ctx.info(`no backups in ${repoLocation(flags.repo)}${flags.vm ? ` for VM '${flags.vm}'` : ''}`);
-      else ctx.print(listRows(records));
+      if (ctx.json) ctx.printJson([...records, ...unreadable]);
+      else if (records.length === 0 && unreadable.length === 0) ctx.info(`no backups in ${repoLocation(flags.repo)}${flags.vm ? ` for VM '${flags.vm}'` : ''}`);
+      else if (records.length > 0) ctx.print(listRows(records));
+      // Shown, never hidden; exit 1 (docs/reliability.md): a script must notice a backup it cannot use.
+      for (const u of unreadable) {
+        const what = `backup ${u.backupId ?? '?'} (${u.container}/${u.object})`;
+        process.stderr.write(`warning: ${u.state === 'newer-format'
+          ? `${what}: written by a newer fleece (format ${u.formatVersion}); this fleece cannot read it`
+          : `${what}: DAMAGED, its _metadata cannot be read: ${u.reason}; run fleece verify, restore from another backup`}\n`);
+      }
+      if (unreadable.length > 0) process.exitCode = 1;
     });
 
   addSelector(program

@@ -41,7 +41,7 @@ function logTail(file: string): string {
 /**
  * Starts `node dist/src/daemon/main.js --socket <ctx.daemonSocket> --exit-when-idle 5 …` detached, with stdio to
  * `<runDir>/fleeced-private.log`, its registry a copy of the user's plus `vm` (the --qmp VM), and waits until it
- * answers /v1/health.
+ * answers /v1/health. It removes both once it stopped.
  * @throws FleeceError when fleeced is not built, exits early (with the end of its log) or does not answer in 20 s;
  *   AbortedError when the context's signal fires (the daemon is stopped then).
  */
@@ -70,6 +70,8 @@ export async function startPrivateDaemon(ctx: CliContext, vm?: VmEntry): Promise
     '--config-dir', configDir,
     '--run-dir', ctx.runDir,
     '--exit-when-idle', String(PRIVATE_DAEMON_IDLE_SECONDS),
+    // Nothing of it stays in the run directory once it stopped (a daemon that fails to start keeps its log for us).
+    '--remove-on-exit', configDir, '--remove-on-exit', logFile,
   ];
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', fd, fd] });
   closeSync(fd);

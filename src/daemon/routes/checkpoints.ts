@@ -4,7 +4,7 @@ import { formatCheckpointTree } from '../../app/vocabulary.js';
 import { parseCheckpointXml } from '../../app/vocabulary.js';
 import type { CheckpointDefinition } from '../../app/vocabulary.js';
 import { FleeceError, InvalidInputError } from '../../util/errors.js';
-import { CheckpointCreateSchema, CheckpointListSchema, ErrorSchema, NameXmlSchema } from '../api-types.js';
+import { CheckpointCreateSchema, CheckpointListSchema, CheckpointRedefineSchema, ErrorSchema, NameXmlSchema } from '../api-types.js';
 import type { Api, DaemonContext } from '../context.js';
 import { VmParams } from './vms.js';
 
@@ -66,7 +66,7 @@ export function checkpointRoutes(app: Api, { manager }: DaemonContext): void {
 
   app.post(
     '/v1/vms/:vm/checkpoints/redefine',
-    { schema: { params: VmParams, body: Type.Object({ xml: Type.String() }), response: { 201: Type.Object({ name: Type.String() }), ...errors } } },
+    { schema: { params: VmParams, body: CheckpointRedefineSchema, response: { 201: Type.Object({ name: Type.String() }), ...errors } } },
     async (req, reply) => {
       xmlField('xml', req.body.xml);
       const { checkpoints } = await manager.connection(req.params.vm);
@@ -77,7 +77,7 @@ export function checkpointRoutes(app: Api, { manager }: DaemonContext): void {
 
   app.get(
     '/v1/vms/:vm/checkpoints/:name',
-    { schema: { params: CheckpointParams, querystring: Type.Object({ size: Type.Optional(Type.Boolean()) }), response: { 200: NameXmlSchema, ...errors } } },
+    { schema: { params: CheckpointParams, querystring: Type.Object({ size: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), response: { 200: NameXmlSchema, ...errors } } },
     async (req) => {
       const { checkpoints } = await manager.connection(req.params.vm);
       return { name: req.params.name, xml: await checkpoints.dumpXml(req.params.name, { size: req.query.size ?? false }) };
@@ -86,7 +86,7 @@ export function checkpointRoutes(app: Api, { manager }: DaemonContext): void {
 
   app.delete(
     '/v1/vms/:vm/checkpoints/:name',
-    { schema: { params: CheckpointParams, querystring: Type.Object({ metadataOnly: Type.Optional(Type.Boolean()) }), response: { 204: Type.Null(), ...errors } } },
+    { schema: { params: CheckpointParams, querystring: Type.Object({ metadataOnly: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), response: { 204: Type.Null(), ...errors } } },
     async (req, reply) => {
       const { checkpoints } = await manager.connection(req.params.vm);
       await checkpoints.delete(req.params.name, { metadataOnly: req.query.metadataOnly ?? false });

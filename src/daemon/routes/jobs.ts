@@ -40,7 +40,7 @@ export function jobRoutes(app: Api, { manager }: DaemonContext): void {
 
   app.get(
     '/v1/vms/:vm/job',
-    { schema: { params: VmParams, querystring: Type.Object({ completed: Type.Optional(Type.Boolean()) }), response: { 200: MaybeJobReplySchema, ...errors } } },
+    { schema: { params: VmParams, querystring: Type.Object({ completed: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), response: { 200: MaybeJobReplySchema, ...errors } } },
     async (req) => {
       await manager.registry.get(req.params.vm);
       return { job: manager.vmJob(req.params.vm, req.query.completed ?? false) };
@@ -61,7 +61,7 @@ export function jobRoutes(app: Api, { manager }: DaemonContext): void {
     '/v1/jobs',
     {
       schema: {
-        querystring: Type.Object({ vm: Type.Optional(Type.String()), active: Type.Optional(Type.Boolean()) }),
+        querystring: Type.Object({ vm: Type.Optional(Type.String()), active: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
         response: { 200: JobListSchema, ...errors },
       },
     },

@@ -1,7 +1,7 @@
 // /v1/repository: list the backups of a repository, restore one, verify one.
 import { Type } from 'typebox';
 import { listRepositoryBackups, restoreFromRepository, verifyRepositoryBackup } from '../../app/jobs/repository-ops.js';
-import { ErrorSchema, RestoreSchema, VerifySchema } from '../api-types.js';
+import { BackupListQuerySchema, ErrorSchema, RestoreSchema, VerifySchema } from '../api-types.js';
 import type { Api, DaemonContext } from '../context.js';
 
 export function repositoryRoutes(app: Api, _ctx: DaemonContext): void {
@@ -11,7 +11,7 @@ export function repositoryRoutes(app: Api, _ctx: DaemonContext): void {
     '/v1/repository/backups',
     {
       schema: {
-        querystring: Type.Object({ repo: Type.String({ minLength: 1 }), vm: Type.Optional(Type.String()), disk: Type.Optional(Type.String()) }),
+        querystring: BackupListQuerySchema,
         response: { 200: Type.Object({ backups: Type.Array(Type.Unknown()) }), ...errors },
       },
     },

@@ -113,6 +113,26 @@ export function serializeMetadata(meta: BackupMetadata): string {
   return Buffer.concat([...serializeMetadataPieces(meta)]).toString('utf8');
 }
 
+/** A manifest of a format version this fleece does not know yet (written by a newer fleece): not damaged, unreadable here. */
+export class NewerFormatError extends IntegrityError {
+  constructor(where: string, readonly formatVersion: string) {
+    super(`manifest ${where} is of format ${formatVersion}, written by a newer fleece (this one reads ${FORMAT_VERSION})`, {
+      hint: 'use the fleece that wrote it (or a newer one) for this backup',
+    });
+  }
+}
+
+/** `a` > `b` for dotted numeric versions (1.10.0 > 1.9.0); false when `a` is not such a version. */
+function isNewerVersion(a: string, b: string): boolean {
+  if (!/^\d+(\.\d+)*$/.test(a)) return false;
+  const x = a.split('.').map(Number);
+  const y = b.split('.').map(Number);
+  for (let i = 0; i < Math.max(x.length, y.length); i++) {
+    if ((x[i] ?? 0) !== (y[i] ?? 0)) return (x[i] ?? 0) > (y[i] ?? 0);
+  }
+  return false;
+}
+
 function bad(where: string, what: string): IntegrityError {
   return new IntegrityError(`manifest ${where} is not a valid Cinder 1.0.0 manifest: ${what}`, {
     hint: 'the object is damaged or not a backup manifest; restore from another backup',
@@ -144,7 +164,10 @@ function objectEntry(item: unknown, i: number, where: string): ObjectEntry {
 
 /** Checks the members other than objects and builds the manifest. */
 function metadataOf(m: Record<string, unknown>, objects: ObjectEntry[], where: string): BackupMetadata {
-  if (m.version !== FORMAT_VERSION) throw bad(where, `version ${JSON.stringify(m.version)} is not ${FORMAT_VERSION}`);
+  if (m.version !== FORMAT_VERSION) {
+    if (typeof m.version === 'string' && isNewerVersion(m.version, FORMAT_VERSION)) throw new NewerFormatError(where, m.version);
+    throw bad(where, `version ${JSON.stringify(m.version)} is not ${FORMAT_VERSION}`);
+  }
   if (typeof m.backup_id !== 'string' || typeof m.volume_id !== 'string') throw bad(where, 'backup_id or volume_id missing');
   if (!isNullableString(m.parent_id ?? null)) throw bad(where, 'parent_id is not a string or null');
   const extra = m.extra_metadata;
