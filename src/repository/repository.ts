@@ -1,5 +1,4 @@
 // Repository: the public face of a Cinder-format backup repository (start backups, list, chains, read, verify, delete, gc).
-import { availableParallelism } from 'node:os';
 import { ConflictError, IntegrityError, InvalidInputError, NotFoundError } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import { FsObjectStore } from './store/fs-store.js';
