@@ -19,6 +19,8 @@ const MAX_REQUEST = 4 << 20;
 const START_TIMEOUT_MS = 10_000;
 const EXIT_TIMEOUT_MS = 10_000;
 const MAX_STDERR_CHARS = 8 * 1024;
+/** Bytes of writes in flight at most: each pins its caller's buffer until the server answers. */
+const MAX_BYTES_IN_FLIGHT = 16 << 20;
 
 export interface Qcow2TargetOptions {
   /** Default 64 KiB (qemu-img's): small enough that a mostly empty disk stays small. */
@@ -26,7 +28,7 @@ export interface Qcow2TargetOptions {
   /** Where the private socket directory is made (default the OS temp dir: socket paths must stay short). */
   socketDir?: string;
   signal?: AbortSignal;
-  /** Requests in flight at most (default 16). */
+  /** Requests in flight at most (default 8; also at most 16 MiB of data in flight). */
   maxInFlight?: number;
 }
 
@@ -95,7 +97,7 @@ export async function createQcow2Target(path: string, size: number, options: Qco
     throw new FleeceError('NBD', `qemu-nbd could not export the restore target ${path}: ${stderr.trim() || describeError(error)}`, { cause: error, hint: 'install qemu-utils' });
   }
   log.debug({ pid: child.pid, socket, path }, 'qcow2 restore target exported');
-  return new NbdQcow2Sink(path, size, handle, child.pid, options.maxInFlight ?? 16, {
+  return new NbdQcow2Sink(path, size, handle, child.pid, options.maxInFlight ?? 8, {
     exited: async () => {
       await Promise.race([exited, delay(EXIT_TIMEOUT_MS)]);
       const code = running ? undefined : exitCode;
@@ -136,6 +138,7 @@ class NbdQcow2Sink implements Qcow2Target {
   readonly startsZeroed = true;
   readonly name: string;
   private readonly inFlight = new Set<Promise<void>>();
+  private bytesInFlight = 0;
   private failure: unknown;
   private closed = false;
 
@@ -155,14 +158,15 @@ class NbdQcow2Sink implements Qcow2Target {
   }
 
   /** Issues one request and returns once there is room for another (a failure of any request surfaces here). */
-  private async submit(start: () => Promise<void>): Promise<void> {
+  private async submit(start: () => Promise<void>, bytes = 0): Promise<void> {
     if (this.failure) throw this.failure;
+    this.bytesInFlight += bytes;
     const p = start().then(
-      () => { this.inFlight.delete(p); },
-      (error: unknown) => { this.inFlight.delete(p); this.failure ??= error; },
+      () => { this.inFlight.delete(p); this.bytesInFlight -= bytes; },
+      (error: unknown) => { this.inFlight.delete(p); this.bytesInFlight -= bytes; this.failure ??= error; },
     );
     this.inFlight.add(p);
-    while (this.inFlight.size >= this.maxInFlight) await Promise.race(this.inFlight);
+    while (this.inFlight.size >= this.maxInFlight || this.bytesInFlight >= MAX_BYTES_IN_FLIGHT) await Promise.race(this.inFlight);
     if (this.failure) throw this.failure;
   }
 
@@ -174,7 +178,7 @@ class NbdQcow2Sink implements Qcow2Target {
     this.check(offset, data.length);
     for (let done = 0; done < data.length; done += MAX_REQUEST) {
       const piece = data.subarray(done, Math.min(data.length, done + MAX_REQUEST));
-      await this.submit(() => this.handle.pwrite(piece, offset + done));
+      await this.submit(() => this.handle.pwrite(piece, offset + done), piece.length);
     }
   }
 

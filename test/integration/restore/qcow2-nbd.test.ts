@@ -1,10 +1,12 @@
 // Restore of a chain straight into a new qcow2 through qemu-nbd (src/restore/nbd-target.ts): byte for byte, sparse, and
 // an aborted restore leaves neither the image nor a qemu-nbd process.
-import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { access, readFile, readdir, writeFile } from 'node:fs/promises';
+import { setTimeout as delay } from 'node:timers/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { makeTempDir, removeTempDir } from '../../harness/temp-dir.js';
+import { startCli } from '../../e2e/helpers.js';
 import { openRepository, type Repository } from '../../../src/repository/repository.js';
 import { alignRangesToBlocks, type Extent } from '../../../src/repository/extents.js';
 import { restoreToQcow2 } from '../../../src/restore/qcow2-output.js';
@@ -114,4 +116,27 @@ it('an aborted qcow2 restore leaves no image, no temporary file and no qemu-nbd'
   expect(served).toHaveLength(1); // it did run while the restore wrote
   expect(qemuNbdServing(dir)).toEqual([]);
   expect(await readdir(dir)).toEqual(['repo']);
+});
+
+it('fleece restore --format qcow2 killed with SIGKILL leaves no qemu-nbd and no image at --out that is not complete', async () => {
+  const { id, disk } = await chain();
+  const out = join(dir, 'killed.qcow2');
+  const child = startCli(dir, ['restore', '--repo', join(dir, 'repo'), '--backup', id, '--out', out, '--format', 'qcow2']);
+  let seen = false;
+  while (!seen && child.exitCode === null) {
+    seen = qemuNbdServing(dir).length > 0;
+    if (!seen) await delay(5);
+  }
+  child.kill('SIGKILL');
+  await child;
+  // its qemu-nbd sees its only client go away and exits by itself
+  for (let i = 0; i < 400 && qemuNbdServing(dir).length > 0; i++) await delay(50);
+  expect(qemuNbdServing(dir)).toEqual([]);
+  if (await access(out).then(() => true, () => false)) {
+    // the restore won the race: then the image is the whole disk
+    await writeFile(join(dir, 'source.raw'), disk);
+    execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', join(dir, 'source.raw'), out]);
+  } else {
+    expect(seen).toBe(true);
+  }
 });
