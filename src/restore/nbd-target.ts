@@ -3,6 +3,7 @@
 // requests in flight. Nothing outlives a failure: the child is killed, the socket directory removed; the caller owns
 // the image file (a temporary name it renames once the restore has passed its checks).
 import { execa, type ResultPromise } from 'execa';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +20,8 @@ const MAX_REQUEST = 4 << 20;
 const START_TIMEOUT_MS = 10_000;
 const EXIT_TIMEOUT_MS = 10_000;
 const MAX_STDERR_CHARS = 8 * 1024;
+/** util-linux (essential in Debian): runs qemu-nbd with a parent-death signal. */
+const SETPRIV = '/usr/bin/setpriv';
 /** Bytes of writes in flight at most: each pins its caller's buffer until the server answers. */
 const MAX_BYTES_IN_FLIGHT = 16 << 20;
 
@@ -65,11 +68,12 @@ export async function createQcow2Target(path: string, size: number, options: Qco
   }
   const dir = await mkdtemp(join(options.socketDir ?? tmpdir(), 'fleece-restore-'));
   const socket = join(dir, 'nbd.sock');
-  // Not --fork: the process stays our child (killed with us, `cleanup`); without --persistent it exits after we disconnect.
+  // Not --fork: the process stays our child, ended with us (`cleanup`; and, through setpriv's PR_SET_PDEATHSIG, also
+  // when we are SIGKILLed before connecting); without --persistent it exits once we disconnect.
   // Writeback cache and one flush at the end; no detect-zeroes: zero blocks are never sent.
-  const child: ResultPromise = execa('qemu-nbd', [
-    '-f', 'qcow2', '-k', socket, '-x', 'restore', '--cache=writeback', '--aio=threads', '--discard=unmap', path,
-  ], { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false, cleanup: true });
+  const serve = ['qemu-nbd', '-f', 'qcow2', '-k', socket, '-x', 'restore', '--cache=writeback', '--aio=threads', '--discard=unmap', path];
+  const [command, ...args] = existsSync(SETPRIV) ? [SETPRIV, '--pdeathsig', 'KILL', ...serve] : serve;
+  const child: ResultPromise = execa(command!, args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', buffer: false, reject: false, cleanup: true });
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => {
     stderr = (stderr + chunk.toString()).slice(-MAX_STDERR_CHARS);
