@@ -6,7 +6,7 @@ import { execa, type ResultPromise } from 'execa';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { NbdHandle } from '../../native/nbd-handle.js';
 import { AbortedError, FleeceError, InvalidInputError, describeError, throwIfAborted } from '../util/errors.js';
@@ -28,7 +28,7 @@ const MAX_BYTES_IN_FLIGHT = 16 << 20;
 export interface Qcow2TargetOptions {
   /** Default 64 KiB (qemu-img's): small enough that a mostly empty disk stays small. */
   clusterSize?: number;
-  /** Where the private socket directory is made (default the OS temp dir: socket paths must stay short). */
+  /** Where the private socket directory is made (default beside the image, or the OS temp dir for a long path). */
   socketDir?: string;
   signal?: AbortSignal;
   /** Requests in flight at most (default 8; also at most 16 MiB of data in flight). */
@@ -66,7 +66,9 @@ export async function createQcow2Target(path: string, size: number, options: Qco
     throwIfAborted(signal, `creating ${path}`);
     throw new FleeceError('INTERNAL', `qemu-img create of ${path} failed: ${describeError(error)}`, { cause: error, hint: 'check that qemu-utils is installed and the directory is writable' });
   }
-  const dir = await mkdtemp(join(options.socketDir ?? tmpdir(), 'fleece-restore-'));
+  // Beside the image when the socket path fits (sun_path holds 108 bytes): what a SIGKILL leaves stays in one place.
+  const near = dirname(path);
+  const dir = await mkdtemp(join(options.socketDir ?? (near.length <= 72 ? near : tmpdir()), '.fleece-restore-'));
   const socket = join(dir, 'nbd.sock');
   // Not --fork: the process stays our child, ended with us (`cleanup`; and, through setpriv's PR_SET_PDEATHSIG, also
   // when we are SIGKILLed before connecting); without --persistent it exits once we disconnect.
