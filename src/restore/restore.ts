@@ -157,20 +157,30 @@ export async function restoreBackup(repo: Repository, backupId: string, sink: Bl
   return summary;
 }
 
-/** Writes the non-zero blocks of data[from, from+length) (object at `base`), in runs; zero blocks are skipped. */
+/** Zero runs shorter than this are written with the data around them: many small writes cost more than the zeros. */
+const MIN_ZERO_SKIP = 256 * 1024;
+
+/**
+ * Writes data[from, from+length) (object at `base`) leaving out its runs of zero blocks of MIN_ZERO_SKIP or more
+ * (and zero blocks at either end of the range); shorter zero runs between data are written with it.
+ */
 async function writeNonZero(sink: BlockSink, data: Buffer, digests: Buffer, from: number, length: number, base: number, bs: number): Promise<void> {
   const end = from + length;
-  let runStart = -1;
+  const isZero = (at: number): boolean => digests.compare(zeroDigest(Math.min(bs, end - at)), 0, DIGEST_BYTES, (at / bs) * DIGEST_BYTES, (at / bs) * DIGEST_BYTES + DIGEST_BYTES) === 0;
+  let runStart = -1; // first byte of the pending data run
+  let runEnd = -1; // end of its last non-zero block
   for (let at = from; at < end; at += bs) {
-    const n = Math.min(bs, end - at);
-    const zero = digests.compare(zeroDigest(n), 0, DIGEST_BYTES, (at / bs) * DIGEST_BYTES, (at / bs) * DIGEST_BYTES + DIGEST_BYTES) === 0;
-    if (!zero && runStart < 0) runStart = at;
-    if (zero && runStart >= 0) {
-      await sink.write(base + runStart, data.subarray(runStart, at));
-      runStart = -1;
+    if (isZero(at)) {
+      if (runStart >= 0 && at + bs - runEnd >= MIN_ZERO_SKIP) {
+        await sink.write(base + runStart, data.subarray(runStart, runEnd));
+        runStart = -1;
+      }
+      continue;
     }
+    if (runStart < 0) runStart = at;
+    runEnd = Math.min(end, at + bs);
   }
-  if (runStart >= 0) await sink.write(base + runStart, data.subarray(runStart, end));
+  if (runStart >= 0) await sink.write(base + runStart, data.subarray(runStart, runEnd));
 }
 
 const zeroDigests = new Map<number, Buffer>();
