@@ -20,15 +20,19 @@ export interface PlannedObject<E extends Range> {
  * Objects with nothing left are dropped. O(n log n) plus the splices of the covered list.
  */
 export function planRestore<E extends Range>(chain: readonly (readonly E[])[]): PlannedObject<E>[] {
-  // `covered`: disjoint, ascending [start, end) ranges already supplied by newer objects.
+  // `covered`: disjoint ranges already supplied by newer objects, kept in negated coordinates ([-end, -start),
+  // ascending): objects come in descending offset order, so new ranges land at the array's end, not its front
+  // (splices at the front made this quadratic on chains of many small objects).
   const covered: [number, number][] = [];
   const planned: PlannedObject<E>[] = [];
   for (let b = chain.length - 1; b >= 0; b--) {
     const objects = chain[b]!;
-    for (let i = objects.length - 1; i >= 0; i--) {
+    for (let i = objects.length - 1; i >= 0; i--) { // listed ascending: the last one first
       const entry = objects[i]!;
       if (entry.length <= 0) continue;
-      const live = claim(covered, entry.offset, entry.offset + entry.length);
+      const live = claim(covered, -(entry.offset + entry.length), 0 - entry.offset)
+        .map((r) => ({ offset: 0 - (r.offset + r.length) + 0, length: r.length }))
+        .reverse();
       if (live.length > 0) planned.push({ backup: b, entry, live });
     }
   }
