@@ -87,6 +87,11 @@ export interface Libnbd {
   nbd_aio_pread(h: Ptr, buf: Uint8Array, count: number, offset: U64, cb: CompletionCallbackStruct, flags: number): number | bigint;
   nbd_aio_block_status(h: Ptr, count: U64, offset: U64, ecb: ExtentCallbackStruct, ccb: CompletionCallbackStruct, flags: number): number | bigint;
   nbd_aio_trim(h: Ptr, count: U64, offset: U64, cb: CompletionCallbackStruct, flags: number): number | bigint;
+  nbd_aio_pwrite(h: Ptr, buf: Uint8Array, count: number, offset: U64, cb: CompletionCallbackStruct, flags: number): number | bigint;
+  nbd_aio_zero(h: Ptr, count: U64, offset: U64, cb: CompletionCallbackStruct, flags: number): number | bigint;
+  nbd_aio_flush(h: Ptr, cb: CompletionCallbackStruct, flags: number): number | bigint;
+  nbd_can_zero(h: Ptr): number;
+  nbd_can_flush(h: Ptr): number;
   nbd_aio_get_fd(h: Ptr): number;
   nbd_aio_get_direction(h: Ptr): number;
   nbd_aio_notify_read(h: Ptr): number;
@@ -159,6 +164,11 @@ const PROTOTYPES = [
   'int64_t nbd_aio_pread(nbd_handle *h, void *buf, size_t count, uint64_t offset, nbd_completion_callback cb, uint32_t flags)',
   'int64_t nbd_aio_block_status(nbd_handle *h, uint64_t count, uint64_t offset, nbd_extent_callback ecb, nbd_completion_callback ccb, uint32_t flags)',
   'int64_t nbd_aio_trim(nbd_handle *h, uint64_t count, uint64_t offset, nbd_completion_callback cb, uint32_t flags)',
+  'int64_t nbd_aio_pwrite(nbd_handle *h, const void *buf, size_t count, uint64_t offset, nbd_completion_callback cb, uint32_t flags)',
+  'int64_t nbd_aio_zero(nbd_handle *h, uint64_t count, uint64_t offset, nbd_completion_callback cb, uint32_t flags)',
+  'int64_t nbd_aio_flush(nbd_handle *h, nbd_completion_callback cb, uint32_t flags)',
+  'int nbd_can_zero(nbd_handle *h)',
+  'int nbd_can_flush(nbd_handle *h)',
   'int nbd_aio_get_fd(nbd_handle *h)',
   'unsigned int nbd_aio_get_direction(nbd_handle *h)',
   'int nbd_aio_notify_read(nbd_handle *h)',

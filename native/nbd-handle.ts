@@ -2,6 +2,7 @@
 import { AbortedError } from '../src/util/errors.js';
 import { getLogger } from '../src/util/logger.js';
 import {
+  LIBNBD_CMD_FLAG_NO_HOLE,
   LIBNBD_CMD_FLAG_REQ_ONE,
   LIBNBD_SHUTDOWN_ABANDON_PENDING,
   LIBNBD_TLS_ALLOW,
@@ -236,6 +237,44 @@ export class NbdHandle implements PollClient {
     return this.issue('nbd_aio_trim', what, signal, {}, () =>
       this.lib.nbd_aio_trim(this.handle(), count, offset, NULL_COMPLETION, 0),
     );
+  }
+
+  /**
+   * Writes `buffer` at `offset` (`nbd_aio_pwrite`). The buffer is owned by libnbd until the promise settles (or, after
+   * an abort, until the server answers): do not change it before then.
+   * @throws NbdError, AbortedError
+   */
+  pwrite(buffer: Uint8Array, offset: number, signal?: AbortSignal): Promise<void> {
+    const what = `writing ${buffer.length} bytes at offset ${offset} to ${this.target}`;
+    return this.issue('nbd_aio_pwrite', what, signal, { buffer }, () =>
+      this.lib.nbd_aio_pwrite(this.handle(), buffer, buffer.length, offset, NULL_COMPLETION, 0),
+    );
+  }
+
+  /**
+   * Makes [offset, offset+count) read as zeros (`nbd_aio_zero`); `noHole` keeps it allocated (LIBNBD_CMD_FLAG_NO_HOLE),
+   * else the server may punch a hole. @throws NbdError, AbortedError
+   */
+  zero(count: number, offset: number, options: { noHole?: boolean; signal?: AbortSignal } = {}): Promise<void> {
+    const what = `zeroing ${count} bytes at offset ${offset} on ${this.target}`;
+    return this.issue('nbd_aio_zero', what, options.signal, {}, () =>
+      this.lib.nbd_aio_zero(this.handle(), count, offset, NULL_COMPLETION, options.noHole ? LIBNBD_CMD_FLAG_NO_HOLE : 0),
+    );
+  }
+
+  /** Makes every completed write durable on the server (`nbd_aio_flush`). @throws NbdError, AbortedError */
+  flush(signal?: AbortSignal): Promise<void> {
+    return this.issue('nbd_aio_flush', `flushing ${this.target}`, signal, {}, () => this.lib.nbd_aio_flush(this.handle(), NULL_COMPLETION, 0));
+  }
+
+  /** `nbd_can_zero`. @throws NbdError */
+  canZero(): boolean {
+    return this.check('nbd_can_zero', this.lib.nbd_can_zero(this.handle())) === 1;
+  }
+
+  /** `nbd_can_flush`. @throws NbdError */
+  canFlush(): boolean {
+    return this.check('nbd_can_flush', this.lib.nbd_can_flush(this.handle())) === 1;
   }
 
   /**

@@ -12,7 +12,9 @@
 // stale), FLEECE_CLI (another build of the CLI only), FLEECE_BENCH_CPU_PROF=DIR (every fleece command under node
 // --cpu-prof into DIR), FLEECE_BENCH_VERIFY=all (check the restores byte for byte in every round, not only the first),
 // FLEECE_BENCH_NO_WRITE=1 (do not touch BENCHMARKS.md), FLEECE_BENCH_S3=0 (skip the S3 rows: fleece to and from the
-// harness's Swift s3api on loopback, next to the AWS SDK's own PUT/GET rate on that server).
+// harness's Swift s3api on loopback, next to the AWS SDK's own PUT/GET rate on that server), FLEECE_BENCH_COMPARE_CLI
+// (another build's CLI, e.g. the last release's: its restores of the same chain run right after fleece's and get rows
+// of their own, "before" beside "after").
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -42,6 +44,7 @@ const ROUNDS = Math.max(1, Number(process.env.FLEECE_BENCH_ROUNDS ?? 3));
 const KEEP = process.env.FLEECE_BENCH_KEEP === '1';
 const BUDGET_MIN = Number(process.env.FLEECE_BENCH_BUDGET ?? 11);
 const VERIFY_ALL = process.env.FLEECE_BENCH_VERIFY === 'all';
+const COMPARE_CLI = process.env.FLEECE_BENCH_COMPARE_CLI ? resolve(process.env.FLEECE_BENCH_COMPARE_CLI) : undefined;
 const PROF_DIR = process.env.FLEECE_BENCH_CPU_PROF ? resolve(process.env.FLEECE_BENCH_CPU_PROF) : undefined;
 
 const log = (text) => process.stdout.write(`${text}\n`);
@@ -143,12 +146,12 @@ function fleeceEnv(work) {
 
 /** `node dist/src/cli/main.js <args>` under /usr/bin/time -v; throws with its output unless it exited 0. */
 let profiled = 0;
-async function fleece(work, args, extraEnv = {}) {
+async function fleece(work, args, extraEnv = {}, cli = CLI) {
   // One directory per command (01-backup-full-none…): the main thread's profile and one per worker thread.
   const label = [args[0], args.includes('--full') ? 'full' : args[0] === 'backup' ? 'auto' : '', args.includes('--qmp') ? 'qmp' : '',
     args.includes('none') ? 'none' : args[0] === 'backup' ? 'zstd' : args[args.indexOf('--format') + 1]].filter(Boolean).join('-');
   const prof = PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', join(PROF_DIR, `${String(++profiled).padStart(2, '0')}-${label}`)] : [];
-  return mustRun(process.execPath, [...prof, CLI, ...args], { timeV: true, env: { ...fleeceEnv(work), ...extraEnv } });
+  return mustRun(process.execPath, [...prof, cli, ...args], { timeV: true, env: { ...fleeceEnv(work), ...extraEnv } });
 }
 
 async function fleeceBackup(work, label, args, extraEnv) {
@@ -164,12 +167,12 @@ async function fleeceBackup(work, label, args, extraEnv) {
 }
 
 /** `fleece restore` of `backupId` (its chain) into `out`, then `sync` of it; checks it against the reference. */
-async function fleeceRestore(work, repo, backupId, out, format, reference, extraEnv) {
-  const r = await fleece(work, ['restore', '--repo', repo, '--backup', backupId, '--out', out, '--format', format, '--json'], extraEnv);
+async function fleeceRestore(work, repo, backupId, out, format, reference, extraEnv = {}, cli = CLI) {
+  const r = await fleece(work, ['restore', '--repo', repo, '--backup', backupId, '--out', out, '--format', format, '--json'], extraEnv, cli);
   const syncSeconds = await syncPaths([out, dirname(out)]);
   const ok = reference ? await sameDisk(out, format, reference) : undefined;
   const result = { seconds: r.seconds + syncSeconds, syncSeconds, peakRss: r.peakRss, ok };
-  log(`  fleece restore → ${format}: ${s2(result.seconds)} (sync ${s2(syncSeconds)}), peak RSS ${fmtMiB(r.peakRss)}${matches(ok)}`);
+  log(`  fleece${cli === CLI ? '' : ` (${cli})`} restore → ${format}: ${s2(result.seconds)} (sync ${s2(syncSeconds)}), peak RSS ${fmtMiB(r.peakRss)}${matches(ok)}`);
   return result;
 }
 
@@ -270,6 +273,12 @@ async function oneRound(n, ctx) {
   await rm(join(dir, 'fleece-restored.qcow2'), { force: true });
   R.restoreRaw = await fleeceRestore(work, chainRepo, chainId, join(dir, 'fleece-restored.raw'), 'raw', reference);
   await rm(join(dir, 'fleece-restored.raw'), { force: true });
+  if (COMPARE_CLI) {
+    R.compareQcow2 = await fleeceRestore(work, chainRepo, chainId, join(dir, 'compare-restored.qcow2'), 'qcow2', reference, {}, COMPARE_CLI);
+    await rm(join(dir, 'compare-restored.qcow2'), { force: true });
+    R.compareRaw = await fleeceRestore(work, chainRepo, chainId, join(dir, 'compare-restored.raw'), 'raw', reference, {}, COMPARE_CLI);
+    await rm(join(dir, 'compare-restored.raw'), { force: true });
+  }
 
   if (h && peer.ok) {
     const outDir = join(dir, 'peer-restored');
@@ -373,6 +382,10 @@ function report(ctx, rounds, facts) {
     { key: 'incremental', label: 'incremental, 1 % written', dataBytes: median(pick('lvInc').map((r) => r?.bytesRead)), peer: h && peer.ok ? pick('peerInc') : undefined, fleece: pick('lvInc') },
     { key: 'restore-qcow2', label: 'restore of the chain → qcow2, + sync', dataBytes: disk.size, peer: h && peer.ok ? pick('peerRestoreQcow2') : undefined, fleece: pick('restoreQcow2') },
     { key: 'restore-raw', label: 'restore of the chain → raw, + sync', dataBytes: disk.size, peer: h && peer.ok ? pick('peerRestoreRaw') : undefined, fleece: pick('restoreRaw') },
+    ...(COMPARE_CLI ? [
+      { key: 'compare-restore-qcow2', label: 'restore → qcow2 by FLEECE_BENCH_COMPARE_CLI', dataBytes: disk.size, peer: h && peer.ok ? pick('peerRestoreQcow2') : undefined, fleece: pick('compareQcow2') },
+      { key: 'compare-restore-raw', label: 'restore → raw by FLEECE_BENCH_COMPARE_CLI', dataBytes: disk.size, peer: h && peer.ok ? pick('peerRestoreRaw') : undefined, fleece: pick('compareRaw') },
+    ] : []),
     { key: 'qmp-full-plain', label: 'bare QEMU (QMP): full, --compression none', dataBytes: median(pick('qNone').map((r) => r.bytesRead)), peer: undefined, fleece: pick('qNone'), floor },
     { key: 'qmp-full-compressed', label: 'bare QEMU (QMP): full, zstd', dataBytes: median(pick('qZstd').map((r) => r.bytesRead)), peer: undefined, fleece: pick('qZstd'), floor },
     { key: 'qmp-incremental', label: 'bare QEMU (QMP): incremental, 1 % written', dataBytes: median(pick('qInc').map((r) => r.bytesRead)), peer: undefined, fleece: pick('qInc') },
@@ -386,7 +399,7 @@ function report(ctx, rounds, facts) {
   const fixedCost = median(fixedCosts);
   const startup = rounds[0].startup;
   const aimList = aims({ rows, fixedCost, startup, fleeceRss });
-  const checks = rounds.flatMap((r) => [r.restoreQcow2, r.restoreRaw, r.peerRestoreQcow2, r.peerRestoreRaw]).filter((x) => x?.ok !== undefined);
+  const checks = rounds.flatMap((r) => [r.restoreQcow2, r.restoreRaw, r.compareQcow2, r.compareRaw, r.peerRestoreQcow2, r.peerRestoreRaw]).filter((x) => x?.ok !== undefined);
   const ok = checks.every((x) => x.ok);
   const hash = Math.max(...pick('hash').filter(Number.isFinite));
   const written = median(pick('written'));

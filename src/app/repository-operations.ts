@@ -218,8 +218,7 @@ export async function restoreToFile(
   try {
     let summary: RestoreSummary;
     if (format === 'qcow2') {
-      if (exists) await rm(request.out, { force: true });
-      created = true;
+      // written under a temporary name and renamed over `out` at the end: nothing to remove on failure
       summary = await restoreToQcow2(repo, record.backupId, request.out, options);
     } else {
       const size = record.size ?? (await repo.readSha256(record.backupId)).digests.length / 32 * (record.shaBlockSize ?? 0);

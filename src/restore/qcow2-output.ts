@@ -1,38 +1,47 @@
-// Restore to qcow2: restore into a temporary sparse raw file, then `qemu-img convert` it (an NBD sink could stream instead).
-import { rm } from 'node:fs/promises';
+// Restore to qcow2: straight into a new qcow2 exported over NBD by a qemu-nbd child (src/restore/nbd-target.ts), under
+// a temporary name beside `path`, renamed once the restore has passed its checks and qemu-nbd has closed the image.
+import { open, rename, rm } from 'node:fs/promises';
 import { dirname, join, basename } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { execa } from 'execa';
-import { FleeceError } from '../util/errors.js';
 import type { Repository } from '../repository/repository.js';
-import { createSparseFileSink } from './file-sink.js';
+import { createQcow2Target } from './nbd-target.js';
 import { restoreBackup, type RestoreOptions, type RestoreSummary } from './restore.js';
 
 /**
- * Restores `backupId` into a new qcow2 image at `path` (temporary raw beside it, removed afterwards).
- * Needs free space for the raw data (sparse) in the target directory. Throws like restoreBackup, and
- * FleeceError('INTERNAL') when qemu-img fails.
+ * Restores `backupId` into a new qcow2 image at `path` (sparse: zero blocks are not written). Nothing appears at
+ * `path` unless everything passed; a failure or abort leaves neither a temporary image nor a qemu-nbd process.
+ * Throws like restoreBackup, and FleeceError('NBD' | 'INTERNAL') when qemu-img / qemu-nbd fail.
  */
 export async function restoreToQcow2(repo: Repository, backupId: string, path: string, options: RestoreOptions & { tempDir?: string } = {}): Promise<RestoreSummary> {
   const record = await repo.get(backupId);
   // a Cinder-written backup records no size: the sha256file's block count × block size (streamed, never whole)
   const size: number = record.size ?? await repo.streamSha256(record, undefined, options.signal).then(({ header, count }) => count * header.chunk_size);
-  const raw = join(options.tempDir ?? dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.raw`);
-  const sink = await createSparseFileSink(raw, size);
+  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
+  let done = false;
   try {
+    const target = await createQcow2Target(temp, size, { ...(options.signal ? { signal: options.signal } : {}), ...(options.tempDir ? { socketDir: options.tempDir } : {}) });
     let summary: RestoreSummary;
     try {
-      summary = await restoreBackup(repo, backupId, sink, options);
+      summary = await restoreBackup(repo, backupId, target, options);
+      await target.finish();
     } finally {
-      await sink.close();
+      await target.close();
     }
-    try {
-      await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, path], { cancelSignal: options.signal });
-    } catch (error) {
-      throw new FleeceError('INTERNAL', `qemu-img convert to ${path} failed: ${(error as Error).message}`, { cause: error, hint: 'check that qemu-img is installed and the target directory is writable' });
-    }
+    await rename(temp, path);
+    done = true;
+    await syncDirectory(dirname(path));
     return summary;
   } finally {
-    await rm(raw, { force: true });
+    if (!done) await rm(temp, { force: true });
+  }
+}
+
+/** Makes a rename durable. */
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }

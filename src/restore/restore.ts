@@ -1,5 +1,5 @@
-// Restore (Cinder's algorithm): follow the chain from the full backup forward, write each object at its offset,
-// check names, md5s, and at the end re-hash the restored disk against the final _sha256file.
+// Restore (Cinder's result, not its order): the chain resolved to the newest object per region, objects read and
+// decoded in parallel, names and md5s checked, and every block checked against the final _sha256file.
 import { IntegrityError, InvalidInputError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import type { Repository, LoadedBackup } from '../repository/repository.js';
@@ -8,6 +8,7 @@ import { DIGEST_BYTES } from '../repository/format/sha256-file.js';
 import { createHash } from 'node:crypto';
 import { WorkerPool, hashReply, transferable } from '../repository/pipeline/worker-pool.js';
 import type { BlockSink } from './block-sink.js';
+import { planRestore, uncovered, type Range } from './restore-plan.js';
 
 const log = getLogger('restore');
 
@@ -54,22 +55,14 @@ async function checkListedObjects(repo: Repository, { record, metadata }: Loaded
   }
 }
 
-/** The complement of the union of ranges within [0, size). */
-function uncovered(ranges: { offset: number; length: number }[], size: number): { offset: number; length: number }[] {
-  const sorted = [...ranges].sort((a, b) => a.offset - b.offset);
-  const gaps: { offset: number; length: number }[] = [];
-  let pos = 0;
-  for (const r of sorted) {
-    if (r.offset > pos) gaps.push({ offset: pos, length: r.offset - pos });
-    pos = Math.max(pos, r.offset + r.length);
-  }
-  if (pos < size) gaps.push({ offset: pos, length: size - pos });
-  return gaps;
-}
-
 /**
  * Restores `backupId` (and its chain) into `sink`. Never reports success on damage: throws IntegrityError or
  * ObjectNotFoundError naming the object, MissingParentError for a broken chain, StoreError for I/O, AbortedError.
+ *
+ * The chain is resolved first (the newest object per region: each byte of the target is written once, objects
+ * entirely overwritten later are not read); objects of all backups are read, checked and decoded in parallel. On a
+ * target that starts zeroed, zero blocks are not written, and each block is hashed as it is decoded and checked
+ * against the final _sha256file, so no second read of the disk is needed; other targets are re-read at the end.
  */
 export async function restoreBackup(repo: Repository, backupId: string, sink: BlockSink, options: RestoreOptions = {}): Promise<RestoreSummary> {
   const started = Date.now();
@@ -83,8 +76,20 @@ export async function restoreBackup(repo: Repository, backupId: string, sink: Bl
       if (o.offset + o.length > sink.size) throw new IntegrityError(`object ${b.record.container}/${o.name} ends at ${o.offset + o.length}, beyond the target size ${sink.size}`);
     }
   }
-  const total = all.reduce((n, o) => n + o.length, 0);
+  const plan = planRestore(chain.map((b) => b.metadata.objects));
+  const total = plan.reduce((n, p) => n + p.live.reduce((m, r) => m + r.length, 0), 0);
   const summary: RestoreSummary = { backupId, chain: chain.map((b) => b.record.backupId), objects: 0, bytesWritten: 0, bytesZeroed: 0, verified: false, durationMs: 0 };
+  const verify = options.verifyHashes !== false;
+  for (const backup of chain) {
+    throwIfAborted(options.signal, `restoring backup ${backupId}`);
+    await checkListedObjects(repo, backup);
+  }
+  // Blocks line up with objects (fleece's and Cinder's writers cut objects at sha blocks): then the decoded data's
+  // block digests tell the zero blocks and check the result as it is written.
+  const bs = last.record.shaBlockSize ?? (await repo.streamSha256(last.record, undefined, options.signal)).header.chunk_size;
+  const aligned = bs > 0 && plan.every((p) => p.entry.offset % bs === 0 && p.live.every((r) => r.offset % bs === 0 && ((r.offset + r.length) % bs === 0 || r.offset + r.length === size)));
+  const hashAsWritten = verify && aligned && sink.startsZeroed;
+  const expected = hashAsWritten ? await loadExpected(repo, last, bs, size, options.signal) : undefined;
   const pool = new WorkerPool(options.workers);
   try {
     if (!sink.startsZeroed) {
@@ -94,47 +99,141 @@ export async function restoreBackup(repo: Repository, backupId: string, sink: Bl
         summary.bytesZeroed += gap.length;
       }
     }
-    for (const backup of chain) {
+    // before anything is written: where no object writes, the final _sha256file must expect zeros
+    expected?.checkGaps(sink.name, plan.flatMap((p) => p.live));
+    const limit = pool.size * 2 + 1;
+    const running = new Set<Promise<void>>();
+    let failure: unknown;
+    for (const planned of plan) {
+      if (failure) break;
       throwIfAborted(options.signal, `restoring backup ${backupId}`);
-      await checkListedObjects(repo, backup);
-      const { record, metadata } = backup;
-      const limit = pool.size * 2 + 1;
-      const running = new Set<Promise<void>>();
-      let failure: unknown;
-      for (const entry of metadata.objects) {
-        if (failure) break;
-        throwIfAborted(options.signal, `restoring backup ${backupId}`);
-        const task = (async () => {
-          const stored = await repo.readObject(record, entry, options.signal);
-          const result = await pool.run({ kind: 'decode', data: stored, compression: entry.compression, length: entry.length, md5: entry.md5 }, transferable(stored));
-          if (result.error || !result.data) {
-            throw new IntegrityError(`object ${record.container}/${entry.name} of backup ${record.backupId}: ${result.error}`, {
-              expected: entry.md5, found: result.found, hint: 'the backup is damaged: restore an older backup',
-            });
+      const { record } = chain[planned.backup]!;
+      const { entry } = planned;
+      const task = (async () => {
+        const stored = await repo.readObject(record, entry, options.signal);
+        const result = await pool.run({
+          kind: 'decode', data: stored, compression: entry.compression, length: entry.length, md5: entry.md5, ...(aligned ? { blockSize: bs } : {}),
+        }, transferable(stored));
+        if (result.error || !result.data) {
+          throw new IntegrityError(`object ${record.container}/${entry.name} of backup ${record.backupId}: ${result.error}`, {
+            expected: entry.md5, found: result.found, hint: 'the backup is damaged: restore an older backup',
+          });
+        }
+        const data = Buffer.from(result.data.buffer, result.data.byteOffset, result.data.byteLength);
+        const digests = result.digests ? Buffer.from(result.digests.buffer, result.digests.byteOffset, result.digests.byteLength) : undefined;
+        for (const live of planned.live) {
+          throwIfAborted(options.signal, `restoring backup ${backupId}`);
+          const from = live.offset - entry.offset;
+          if (expected && digests) expected.check(sink.name, live.offset / bs, digests, from / bs, Math.ceil(live.length / bs));
+          if (digests && sink.startsZeroed) {
+            await writeNonZero(sink, data, digests, from, live.length, entry.offset, bs);
+          } else {
+            await sink.write(live.offset, data.subarray(from, from + live.length));
           }
-          await sink.write(entry.offset, result.data);
-          summary.objects += 1;
-          summary.bytesWritten += entry.length;
-          options.onProgress?.(summary.bytesWritten, total);
-        })();
-        running.add(task);
-        task.then(() => running.delete(task), (error: unknown) => { running.delete(task); failure ??= error; });
-        if (running.size >= limit) await Promise.race(running).catch(() => undefined);
-      }
-      await Promise.allSettled(running);
-      if (failure) throw failure;
-      log.debug({ backupId: record.backupId, objects: metadata.objects.length }, 'applied');
+          summary.bytesWritten += live.length;
+        }
+        summary.objects += 1;
+        options.onProgress?.(summary.bytesWritten, total);
+      })();
+      running.add(task);
+      task.then(() => running.delete(task), (error: unknown) => { running.delete(task); failure ??= error; });
+      if (running.size >= limit) await Promise.race(running).catch(() => undefined);
     }
+    await Promise.allSettled(running);
+    if (failure) throw failure;
+    log.debug({ backupId, objects: summary.objects, planned: plan.length, listed: all.length }, 'applied');
     await sink.flush();
-    if (options.verifyHashes !== false && sink.read) {
+    if (expected) {
+      summary.verified = true;
+    } else if (verify && sink.read) {
       await verifyRestored(repo, last, sink, size, all, pool, options.signal);
       summary.verified = true;
     }
   } finally {
+    expected?.close();
     await pool.close();
   }
   summary.durationMs = Date.now() - started;
   return summary;
+}
+
+/** Zero runs shorter than this are written with the data around them: many small writes cost more than the zeros. */
+const MIN_ZERO_SKIP = 256 * 1024;
+
+/**
+ * Writes data[from, from+length) (object at `base`) leaving out its runs of zero blocks of MIN_ZERO_SKIP or more
+ * (and zero blocks at either end of the range); shorter zero runs between data are written with it.
+ */
+async function writeNonZero(sink: BlockSink, data: Buffer, digests: Buffer, from: number, length: number, base: number, bs: number): Promise<void> {
+  const end = from + length;
+  const isZero = (at: number): boolean => digests.compare(zeroDigest(Math.min(bs, end - at)), 0, DIGEST_BYTES, (at / bs) * DIGEST_BYTES, (at / bs) * DIGEST_BYTES + DIGEST_BYTES) === 0;
+  let runStart = -1; // first byte of the pending data run
+  let runEnd = -1; // end of its last non-zero block
+  for (let at = from; at < end; at += bs) {
+    if (isZero(at)) {
+      if (runStart >= 0 && at + bs - runEnd >= MIN_ZERO_SKIP) {
+        await sink.write(base + runStart, data.subarray(runStart, runEnd));
+        runStart = -1;
+      }
+      continue;
+    }
+    if (runStart < 0) runStart = at;
+    runEnd = Math.min(end, at + bs);
+  }
+  if (runStart >= 0) await sink.write(base + runStart, data.subarray(runStart, runEnd));
+}
+
+const zeroDigests = new Map<number, Buffer>();
+function zeroDigest(length: number): Buffer {
+  let d = zeroDigests.get(length);
+  if (!d) {
+    d = createHash('sha256').update(Buffer.alloc(length)).digest();
+    zeroDigests.set(length, d);
+  }
+  return d;
+}
+
+/** The final _sha256file as a DigestTable, with the checks of blocks as they are written and of the gaps between. */
+async function loadExpected(repo: Repository, last: LoadedBackup, bs: number, size: number, signal?: AbortSignal) {
+  const blocks = Math.ceil(size / bs);
+  const lastLen = size - (blocks - 1) * bs;
+  const loaded = await repo.readSha256Table(last.record, { blocks, defaults: { full: zeroDigest(bs), last: zeroDigest(lastLen) }, signal });
+  const { table, where, header } = loaded;
+  if (header.chunk_size !== bs) {
+    table.close();
+    throw new IntegrityError(`${where} has chunk_size ${header.chunk_size}, the manifest says ${bs}`);
+  }
+  return {
+    /** Blocks [first, first+count) of the disk against digests[at, at+count) of the decoded object. */
+    check(target: string, first: number, digests: Buffer, at: number, count: number): void {
+      const want = table.read(first, count);
+      const got = digests.subarray(at * DIGEST_BYTES, (at + count) * DIGEST_BYTES);
+      if (got.equals(want)) return;
+      let b = 0;
+      while (got.compare(want, b * DIGEST_BYTES, (b + 1) * DIGEST_BYTES, b * DIGEST_BYTES, (b + 1) * DIGEST_BYTES) === 0) b++;
+      throw new IntegrityError(`the restored disk ${target} differs from ${where} at block ${first + b} (offset ${(first + b) * bs})`, {
+        expected: want.toString('hex', b * DIGEST_BYTES, (b + 1) * DIGEST_BYTES), found: got.toString('hex', b * DIGEST_BYTES, (b + 1) * DIGEST_BYTES),
+        hint: 'the backup chain is inconsistent: restore an older backup',
+      });
+    },
+    /** Where no object wrote, the target reads zeros: the _sha256file must say so. */
+    checkGaps(target: string, written: Range[]): void {
+      let gapStart = 0;
+      for (const [first, end] of [...coveredBlocks(written, bs, blocks), [blocks, blocks] as [number, number]]) {
+        const b = table.nextNonDefault(gapStart, first);
+        if (b < first) {
+          throw new IntegrityError(`the restored disk ${target} differs from ${where} at block ${b} (offset ${b * bs}): no object of the chain covers it, the sha256file expects data`, {
+            expected: table.get(b).toString('hex'), found: zeroDigest(b === blocks - 1 ? lastLen : bs).toString('hex'),
+            hint: 'the backup chain is inconsistent: restore an older backup',
+          });
+        }
+        gapStart = end;
+      }
+    },
+    close(): void {
+      table.close();
+    },
+  };
 }
 
 /** Block-aligned ranges [first, end) of sha blocks that objects cover, merged, ascending. */
