@@ -231,6 +231,12 @@ async function oneRound(n, ctx) {
   R.qNone = await fleeceBackup(work, 'QMP full --compression none', [...qmpArgs, '--repo', repo('qmp-none'), '--full', '--compression', 'none']);
   R.qZstd = await fleeceBackup(work, 'QMP full zstd', [...qmpArgs, '--repo', repo('qmp-zstd'), '--full']);
   await rm(repo('qmp-zstd'), { recursive: true, force: true });
+  // The same full into an encrypted repository (AES-256-GCM, a key file): what encryption at rest costs.
+  const keyEnv = { FLEECE_KEY_FILE: join(dir, 'repo.key') };
+  await fleece(work, ['repo', 'key-generate', keyEnv.FLEECE_KEY_FILE]);
+  await fleece(work, ['repo', 'init', repo('qmp-enc'), '--encrypt'], keyEnv);
+  R.qEnc = await fleeceBackup(work, 'QMP full --compression none, encrypted', [...qmpArgs, '--repo', repo('qmp-enc'), '--full', '--compression', 'none'], keyEnv);
+  await rm(repo('qmp-enc'), { recursive: true, force: true });
 
   // The guest writes 1 % of the disk, the same writes on both copies.
   const writes = planWrites(size, pattern, seededRandom, { percent: 1, seed: 10 + n });
@@ -387,6 +393,7 @@ function report(ctx, rounds, facts) {
       { key: 'compare-restore-raw', label: 'restore → raw by FLEECE_BENCH_COMPARE_CLI', dataBytes: disk.size, peer: h && peer.ok ? pick('peerRestoreRaw') : undefined, fleece: pick('compareRaw') },
     ] : []),
     { key: 'qmp-full-plain', label: 'bare QEMU (QMP): full, --compression none', dataBytes: median(pick('qNone').map((r) => r.bytesRead)), peer: undefined, fleece: pick('qNone'), floor },
+    { key: 'qmp-full-encrypted', label: 'bare QEMU (QMP): full, --compression none, encrypted (AES-256-GCM)', dataBytes: median(pick('qEnc').map((r) => r?.bytesRead)), peer: undefined, fleece: pick('qEnc'), floor },
     { key: 'qmp-full-compressed', label: 'bare QEMU (QMP): full, zstd', dataBytes: median(pick('qZstd').map((r) => r.bytesRead)), peer: undefined, fleece: pick('qZstd'), floor },
     { key: 'qmp-incremental', label: 'bare QEMU (QMP): incremental, 1 % written', dataBytes: median(pick('qInc').map((r) => r.bytesRead)), peer: undefined, fleece: pick('qInc') },
   ].filter((op) => op.fleece.some(Boolean));
@@ -450,6 +457,8 @@ function report(ctx, rounds, facts) {
     '- Bare QEMU rows: fleece on a `qemu-system-x86_64 -S` (TCG) with a byte-identical copy of the image and the same '
       + 'writes, opened with QEMU\'s default cache (writeback, so reads may come from the page cache); "vs nbdcopy+sync" there '
       + 'compares with the libvirt export\'s floor.',
+    ...(rounds.every((r) => r.qEnc) ? [`- Encryption at rest: the QMP full into an encrypted repository (AES-256-GCM per object, a key file) took `
+      + `${rounds.map((r) => (r.qEnc.seconds / r.qNone.seconds).toFixed(2)).join(', ')}× the time of the same full into a plain one (per round).`] : []),
     `- Start-up, median of 5 (min–max): ${Object.entries(startup).map(([k, t]) => `\`fleece ${k}\` ${(t.median * 1000).toFixed(0)} ms (${(t.min * 1000).toFixed(0)}–${(t.max * 1000).toFixed(0)})`).join(', ')}.`,
     `- Peak RSS: \`/usr/bin/time -v\` (maximum resident set size of the process), the highest over the rounds.`,
     ...(Number.isFinite(hash) ? [`- The Cinder hashing alone (sha256 per 32 KiB + md5 per 4 MiB on ${ctx.threads} threads, reads not timed) runs at ${hash.toFixed(0)} MiB/s here (best of the rounds).`] : []),
