@@ -25,6 +25,8 @@ export interface CheckpointRetentionOptions {
   dryRun?: boolean;
   /** The VM's backups to plan against instead of the repository's (a prune's dry run: what would remain). */
   records?: readonly RetentionBackup[];
+  /** Checkpoints that the backups a prune removed ended at (deleted when no remaining backup ended there). */
+  forgotten?: ReadonlySet<string>;
   signal?: AbortSignal;
 }
 
@@ -69,7 +71,7 @@ export async function pruneVmCheckpoints(
   try {
     checkpoints = (await plane.inspect(options.signal ? { signal: options.signal } : {})).checkpoints;
     records = options.records ?? await repositoryRecords(repo, plane.vm, options.signal);
-    report.verdicts = planCheckpointRetention({ checkpoints, records, vm: plane.vm, keep });
+    report.verdicts = planCheckpointRetention({ checkpoints, records, vm: plane.vm, keep, ...(options.forgotten ? { forgotten: options.forgotten } : {}) });
   } catch (error) {
     report.warnings.push(`checkpoints of VM '${plane.vm}' were not pruned: ${describeError(error)}`);
     return report;

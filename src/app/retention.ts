@@ -109,8 +109,9 @@ export async function pruneBackups(request: PruneRequest): Promise<PruneResult> 
     result.checkpoints = [];
     for (const vm of vms) {
       const remaining = records.filter((x) => x.vm === vm && !removed.has(x.backupId));
+      const forgotten = new Set(records.flatMap((x) => (x.vm === vm && removed.has(x.backupId) && x.checkpoint ? [x.checkpoint] : [])));
       result.checkpoints.push(await pruneCheckpointsOfVm(vm, r, { ...env, ...(entry?.name === vm ? { entry } : {}) }, {
-        ...(keep !== undefined ? { keep } : {}), ...(result.dryRun ? { dryRun: true, records: remaining } : {}),
+        ...(keep !== undefined ? { keep } : {}), ...(result.dryRun ? { dryRun: true, records: remaining } : {}), forgotten,
         ...(request.signal ? { signal: request.signal } : {}),
       }));
     }

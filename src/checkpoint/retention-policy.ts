@@ -4,7 +4,9 @@
 //
 // Never deleted: a checkpoint fleece did not make (its name does not start with `fleece-` and no backup here ended
 // at it); the checkpoint the newest backup of each disk ended at; a checkpoint newer than every backup of the VM here
-// (a backup in flight is making it, or it serves another repository).
+// (a backup in flight is making it); a checkpoint no backup here ended at, unless the backups that did were just
+// pruned from this repository (`forgotten`): it may serve another repository's chain (a VM backed up into two), and
+// a failed backup's checkpoint is its journal's to remove.
 import { checkpointBitmaps, type Checkpoint } from './model.js';
 
 /** The prefix of the checkpoint names fleece makes (`fleece-<UTC time>`). */
@@ -24,10 +26,11 @@ export type CheckpointKeepReason =
   | { rule: 'newest-backup'; disk: string; backupId: string }
   | { rule: 'keep-checkpoints'; disk: string; rank: number; keep: number }
   | { rule: 'not-fleece' }
-  | { rule: 'newer-than-backups' };
+  | { rule: 'newer-than-backups' }
+  | { rule: 'not-this-repository' };
 
 export type CheckpointDeleteReason =
-  | { rule: 'serves-no-backup' }
+  | { rule: 'pruned-backups' }
   | { rule: 'beyond-keep'; keep: number };
 
 export type CheckpointVerdict =
@@ -52,6 +55,8 @@ export interface CheckpointRetentionInput {
   vm?: string;
   /** Checkpoints with a backup behind them kept per disk (at least 1). */
   keep: number;
+  /** Checkpoints that backups just pruned from this repository ended at: deleted when no remaining backup ended there. */
+  forgotten?: ReadonlySet<string>;
 }
 
 /** The backups each checkpoint serves: those of a disk the checkpoint has a bitmap on that ended at it (newest first). */
@@ -111,7 +116,8 @@ export function planCheckpointRetention(input: CheckpointRetentionInput): Checkp
     if (reason) return { name: cp.name, action: 'keep', reason, serves };
     if (serves.length === 0 && !cp.name.startsWith(FLEECE_CHECKPOINT_PREFIX)) return { name: cp.name, action: 'keep', reason: { rule: 'not-fleece' }, serves };
     if (serves.length === 0 && cp.creationTime >= Math.floor(newestBackup)) return { name: cp.name, action: 'keep', reason: { rule: 'newer-than-backups' }, serves };
-    if (serves.length === 0) return { name: cp.name, action: 'delete', reason: { rule: 'serves-no-backup' }, serves };
+    if (serves.length === 0 && input.forgotten?.has(cp.name)) return { name: cp.name, action: 'delete', reason: { rule: 'pruned-backups' }, serves };
+    if (serves.length === 0) return { name: cp.name, action: 'keep', reason: { rule: 'not-this-repository' }, serves };
     return { name: cp.name, action: 'delete', reason: { rule: 'beyond-keep', keep: input.keep }, serves };
   });
 }
@@ -124,7 +130,8 @@ export function describeCheckpointVerdict(v: CheckpointVerdict): string {
     case 'keep-checkpoints': return `${r.rank}${r.rank === 1 ? 'st' : r.rank === 2 ? 'nd' : r.rank === 3 ? 'rd' : 'th'} newest of ${r.disk} with a backup (keep ${r.keep})`;
     case 'not-fleece': return 'not made by fleece (left alone)';
     case 'newer-than-backups': return 'newer than every backup in this repository (a backup in flight, or another repository\'s)';
-    case 'serves-no-backup': return 'no backup in this repository ended at it';
+    case 'pruned-backups': return 'the backups that ended at it were pruned';
+    case 'not-this-repository': return 'no backup in this repository ended at it (another repository\'s, or a failed backup\'s): left alone';
     case 'beyond-keep': return `older than the ${r.keep} newest checkpoints with a backup`;
   }
 }

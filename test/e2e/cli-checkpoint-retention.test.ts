@@ -71,7 +71,7 @@ describe('checkpoint pruning over QMP', () => {
     const full = await backup(['--full']);
     expect((await bitmaps()).vda).toHaveLength(KEEP);
     const pruned = await runCli(dir, ['prune', '--repo', repo(), '--vm', 'vm1', '--qmp', qmp(), '--keep-last', '1']);
-    expect([pruned.exitCode, pruned.stderr]).toEqual([0, expect.stringMatching(/checkpoint fleece-\S+ of VM 'vm1': deleted \(no backup in this repository ended at it\)/)]);
+    expect([pruned.exitCode, pruned.stderr]).toEqual([0, expect.stringMatching(/checkpoint fleece-\S+ of VM 'vm1': deleted \(the backups that ended at it were pruned\)/)]);
     expect(await bitmaps()).toEqual({ vda: [full.checkpoint], vdb: [full.checkpoint] });
     const listed = await runCliJson<{ backupId: string }[]>(dir, ['list', '--repo', repo(), '--vm', 'vm1']);
     expect(listed.map((b) => b.backupId).sort()).toEqual(full.disks.map((d) => d.backupId).sort());

@@ -32,13 +32,23 @@ describe('planCheckpointRetention', () => {
     expect(plan[4]!.serves.map((s) => s.backupId)).toEqual(['fleece-4-vda', 'fleece-4-vdb']);
   });
 
-  it('deletes a checkpoint no remaining backup ended at (its backups were pruned), not one fleece did not make', () => {
+  it('deletes a checkpoint whose backups were pruned from this repository, not one fleece did not make', () => {
     const checkpoints = [cp('fleece-0', 0), cp('mine', 1), cp('fleece-2', 2), cp('fleece-3', 3)];
     const records = run('fleece-3', 3);
-    const plan = planCheckpointRetention({ checkpoints, records, vm: 'web', keep: 3 });
+    const plan = planCheckpointRetention({ checkpoints, records, vm: 'web', keep: 3, forgotten: new Set(['fleece-0', 'fleece-2', 'mine']) });
     expect(actions(plan)).toEqual({ 'fleece-0': 'delete', mine: 'keep', 'fleece-2': 'delete', 'fleece-3': 'keep' });
     expect(plan[1]!.reason).toEqual({ rule: 'not-fleece' });
-    expect(plan[0]!.reason).toEqual({ rule: 'serves-no-backup' });
+    expect(plan[0]!.reason).toEqual({ rule: 'pruned-backups' });
+  });
+
+  it('leaves a checkpoint no backup here ever ended at: another repository\'s chain (a VM backed up into two) goes on', () => {
+    // Repository A holds fleece-1 and fleece-3; fleece-0 and fleece-2 are repository B's (or a failed backup's).
+    const checkpoints = [0, 1, 2, 3].map((i) => cp(`fleece-${i}`, i));
+    const records = [...run('fleece-1', 1), ...run('fleece-3', 3)];
+    const plan = planCheckpointRetention({ checkpoints, records, vm: 'web', keep: 1 });
+    expect(actions(plan)).toEqual({ 'fleece-0': 'keep', 'fleece-1': 'delete', 'fleece-2': 'keep', 'fleece-3': 'keep' });
+    expect(plan[2]!.reason).toEqual({ rule: 'not-this-repository' });
+    expect(plan[1]!.reason).toEqual({ rule: 'beyond-keep', keep: 1 });
   });
 
   it('keeps a checkpoint of another name while a backup ended at it', () => {
