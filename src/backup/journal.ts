@@ -7,11 +7,11 @@
 // journals its host effects (FUSE mounts, helper processes, its private directory) and what it owes the provider
 // (the cleanup verbs) in the same file; a provider restore, which has no VM, in `<stateDir>/journal/_restore-<id>.json`.
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { mkdir, readFile, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { ConflictError, InvalidInputError } from '../util/errors.js';
+import { processStartTime } from '../util/process-start.js';
 
 /** One effect, as data: what to undo, and where. */
 export type JournalEffect =
@@ -52,16 +52,7 @@ export interface JournalRecord {
   effects: { id: number; effect: JournalEffect }[];
 }
 
-/** The start time of a process (clock ticks since boot), or undefined when it does not exist. */
-export function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) is in parentheses and may hold spaces: count fields after the last ')'.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
+export { processStartTime };
 
 /** True when the journal's owner still runs (same pid, same start time). */
 export function ownerAlive(owner: JournalOwner): boolean {
