@@ -15,7 +15,8 @@ import { prepareProviderBackup } from './jobs/provider-backup-job.js';
 import { prepareRepositoryBackup, type RepositoryBackupRequest } from './jobs/repository-backup.js';
 import { scrubBackups } from './retention.js';
 import type { ScrubReport } from '../repository/index.js';
-import { describeReconcile, reconcileVm } from './reconcile.js';
+import { describeReconcile, reconcileVm, type ReconcileReport } from './reconcile.js';
+import { processStartTime } from '../util/process-start.js';
 import { VmRegistry } from './vm-registry.js';
 import type { NbdTls } from './nbd-tls-settings.js';
 
@@ -132,11 +133,15 @@ export class JobManager {
 
   async #recover(): Promise<void> {
     // Backups a killed process (a CLI, or the previous daemon) left on a registered VM, from their journals.
+    const reconciled: ReconcileReport[] = [];
     for (const entry of await this.registry.list().catch(() => [])) {
       const qmp = entry.qmp !== undefined ? await this.pool.get(entry).catch(() => undefined) : undefined;
       const report = await reconcileVm(entry.name, { stateDir: this.#options.stateDir, configDir: this.#options.configDir, ...(qmp ? { qmp: qmp.qmp } : {}) })
         .catch((error: unknown) => log.warn({ vm: entry.name, err: error }, 'could not read the backup journal'));
-      if (report) log.info({ vm: entry.name, cleaned: report.cleaned, failures: report.failures }, describeReconcile(report));
+      if (report) {
+        log.info({ vm: entry.name, cleaned: report.cleaned, failures: report.failures }, describeReconcile(report));
+        reconciled.push(report);
+      }
     }
     const checkpointStore = new CheckpointStore(this.#options.stateDir);
     for (const record of await this.#store.list()) {
@@ -156,14 +161,23 @@ export class JobManager {
       } catch (error) {
         log.warn({ vm: record.info.vm, err: error }, 'cannot reach QEMU to clean an interrupted job');
       }
-      const report = await cleanupInterruptedJob(record, conn?.qmp, checkpointStore);
+      // A repository or provider job journaled its effects as the daemon that ran it: that journal's reconcile (above)
+      // undid them, repository objects included. The job's own record covers what a pull or push job made.
+      const daemon = record.recovery.daemon;
+      const journaled = daemon
+        ? reconciled.find((r) => r.vm === record.info.vm && r.owner.pid === daemon.pid && r.owner.startTime === daemon.startTime)
+        : undefined;
+      const { repository, ...recovery } = record.recovery;
+      const own = await cleanupInterruptedJob({ ...record, recovery: journaled ? recovery : record.recovery }, conn?.qmp, checkpointStore);
+      const report = { cleaned: [...(journaled?.cleaned ?? []), ...own.cleaned], failures: [...(journaled?.failures ?? []), ...own.failures] };
       log.info({ job: record.info.id, vm: record.info.vm, ...report }, 'recovered an interrupted job');
-      const failures = report.failures.length > 0 ? `; cleanup incomplete: ${report.failures.join('; ')}` : '';
-      const repo = record.recovery.repository ? `; repository ${record.recovery.repository} may hold objects of this backup: run gc` : '';
+      const reconcile = journaled ? `; ${describeReconcile(journaled)}` : '';
+      const failures = own.failures.length > 0 ? `; cleanup incomplete: ${own.failures.join('; ')}` : '';
+      const repo = repository && !journaled ? `; repository ${repository} may hold objects of this backup: run gc` : '';
       job.info = {
         ...job.info,
         state: 'failed',
-        error: `${INTERRUPTED_MESSAGE} (was ${record.info.state})${failures}${repo}`,
+        error: `${INTERRUPTED_MESSAGE} (was ${record.info.state})${reconcile}${failures}${repo}`,
         endedAt: new Date().toISOString(),
         result: { cleaned: report.cleaned, cleanupFailures: report.failures },
       };
@@ -226,6 +240,12 @@ export class JobManager {
     return this.#launch(newJobId(), vm, prepared);
   }
 
+  /** This process as the owner of the journals its jobs write (see JobRecovery.daemon). */
+  #daemonProcess(): Pick<JobRecovery, 'daemon'> {
+    const startTime = processStartTime(process.pid);
+    return startTime === undefined ? {} : { daemon: { pid: process.pid, startTime } };
+  }
+
   async #launch(id: string, vm: string, prepared: PreparedJob): Promise<JobInfo> {
     this.#refuseBusy(vm);
     if (this.#closed) throw new ConflictError('the daemon is shutting down', { hint: 'start the job again once it runs' });
@@ -247,7 +267,7 @@ export class JobManager {
         elapsedMs: 0,
         disks: [],
       },
-      recovery: prepared.recovery,
+      recovery: { ...prepared.recovery, ...this.#daemonProcess() },
       startedMs,
       controller: new AbortController(),
       ended: new Promise<void>((resolve) => {

@@ -28,6 +28,11 @@ export interface JobRecovery {
   repository?: string;
   /** backup-dumpxml of the job. */
   backupXml?: string;
+  /**
+   * The daemon process that ran the job (pid and start time): a repository or provider job's effects are in the
+   * VM's backup journal under this owner, and the restart's reconcile of that journal is this job's cleanup.
+   */
+  daemon?: { pid: number; startTime: string };
 }
 
 export interface JobRecord {

@@ -133,10 +133,13 @@ export function daemonDirs(dir: string): DaemonDirs {
   return { socket: join(dir, 'fleeced.sock'), stateDir: join(dir, 'state'), configDir: join(dir, 'config'), runDir: join(dir, 'run') };
 }
 
-/** Starts `node dist/src/daemon/main.js` and resolves once it logs that it listens (rejects if it exits first). */
-export async function startDaemonProcess(dirs: DaemonDirs, extraArgs: string[] = []): Promise<DaemonProcess> {
+/**
+ * Starts `node dist/src/daemon/main.js` and resolves once it logs that it listens (rejects if it exits first).
+ * `env` is added to the test's environment (e.g. FLEECE_TEST_PAUSE_AT).
+ */
+export async function startDaemonProcess(dirs: DaemonDirs, extraArgs: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<DaemonProcess> {
   const args = [MAIN, '--socket', dirs.socket, '--state-dir', dirs.stateDir, '--config-dir', dirs.configDir, '--run-dir', dirs.runDir, '--log-level', 'info', ...extraArgs];
-  const proc = execa('node', args, { reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe' });
+  const proc = execa('node', args, { reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', env: { ...process.env, ...env } });
   let stderr = '';
   await new Promise<void>((resolve, reject) => {
     proc.stderr?.setEncoding('utf8');
