@@ -5,6 +5,7 @@ export { JOB_KINDS, JOB_STATES, isFinalJobState } from '../app/jobs/job-info.js'
 export type { JobInfo, JobKind, JobState, ExportInfo, DiskProgress } from '../app/jobs/job-info.js';
 export type { ApiError, CheckpointList, Health, VmEntryBody, VmStatus } from '../app/jobs/api-shapes.js';
 import type { ApiError, CheckpointList, Health, JobInfo, VmEntryBody, VmStatus } from '../app/jobs/api-shapes.js';
+import type { UnreadableBackup } from '../app/repository-operations.js';
 
 
 export const ExportInfoSchema = Type.Object({
@@ -150,14 +151,31 @@ export const BackupListQuerySchema = Type.Object({
   repo: RepoField, vm: Type.Optional(Type.String()), disk: Type.Optional(Type.String()),
 }, { additionalProperties: false });
 
+/** A backup whose `_metadata` cannot be read, listed with its state (as `fleece list` shows it), never hidden. */
+export const UnreadableBackupSchema = Type.Object({
+  backupId: Type.Union([Type.String(), Type.Null()], { description: 'null when the object name holds no id' }),
+  container: Type.String(),
+  object: Type.String({ description: 'the _metadata object that cannot be read' }),
+  state: Type.Union([Type.Literal('damaged'), Type.Literal('newer-format')]),
+  formatVersion: Type.Optional(Type.String({ description: 'newer-format: the format version it was written in' })),
+  reason: Type.String(),
+}, { additionalProperties: false });
+type UnreadableBackupCheck = Static<typeof UnreadableBackupSchema>;
+
+export const BackupListSchema = Type.Object({
+  backups: Type.Array(Type.Unknown(), { description: 'the committed backups, oldest first' }),
+  unreadable: Type.Array(UnreadableBackupSchema, { description: 'damaged and newer-format backups, whatever the filter' }),
+}, { additionalProperties: false });
+
 // The plain types clients use must match the schemas (a compile error here means one of them drifted).
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 const shapesMatch: [
   Same<ApiErrorCheck, ApiError>,
+  Same<UnreadableBackupCheck, UnreadableBackup>,
   Same<HealthCheck, Health>,
   Same<VmEntryBodyCheck, VmEntryBody>,
   Same<CheckpointListCheck, CheckpointList>,
   Same<Static<typeof JobInfoSchema>, JobInfo>,
   Same<VmStatusCheck['disks'], VmStatus['disks']>,
-] = [true, true, true, true, true, true];
+] = [true, true, true, true, true, true, true];
 void shapesMatch;

@@ -2,7 +2,7 @@
 import type { BackupRecord, VerifyReport } from '../../repository/index.js';
 import type { RestoreSummary } from '../../restore/index.js';
 import { InvalidInputError } from '../../util/errors.js';
-import { listBackups, restoreToFile, verifyBackup } from '../repository-operations.js';
+import { listRepository, restoreToFile, verifyBackup, type UnreadableBackup } from '../repository-operations.js';
 import { isAcceptedRepoLocation } from '../repo-location.js';
 
 function absolute(field: string, path: string): void {
@@ -10,10 +10,16 @@ function absolute(field: string, path: string): void {
   if (!path.startsWith('/')) throw new InvalidInputError(`${field}: '${path}' is not an absolute path`, { hint: `give ${field} as an absolute path` });
 }
 
-/** The backups of a repository, filtered. Throws InvalidInputError (repo), the store's errors. */
-export async function listRepositoryBackups(repo: string, filter: { vm?: string; disk?: string }): Promise<BackupRecord[]> {
+/**
+ * The backups of a repository, filtered, and (as `fleece list` shows them, never hidden) every backup whose
+ * `_metadata` cannot be read: damaged, or written by a newer fleece. Throws InvalidInputError (repo), the store's errors.
+ */
+export async function listRepositoryBackups(
+  repo: string, filter: { vm?: string; disk?: string },
+): Promise<{ backups: BackupRecord[]; unreadable: UnreadableBackup[] }> {
   absolute('repo', repo);
-  return listBackups(repo, filter);
+  const { records, unreadable } = await listRepository(repo, filter);
+  return { backups: records, unreadable };
 }
 
 /**

@@ -1,7 +1,7 @@
 // /v1/repository: list the backups of a repository, restore one, verify one.
 import { Type } from 'typebox';
 import { listRepositoryBackups, restoreFromRepository, verifyRepositoryBackup } from '../../app/jobs/repository-ops.js';
-import { BackupListQuerySchema, ErrorSchema, RestoreSchema, VerifySchema } from '../api-types.js';
+import { BackupListQuerySchema, BackupListSchema, ErrorSchema, RestoreSchema, VerifySchema } from '../api-types.js';
 import type { Api, DaemonContext } from '../context.js';
 
 export function repositoryRoutes(app: Api, _ctx: DaemonContext): void {
@@ -12,12 +12,12 @@ export function repositoryRoutes(app: Api, _ctx: DaemonContext): void {
     {
       schema: {
         querystring: BackupListQuerySchema,
-        response: { 200: Type.Object({ backups: Type.Array(Type.Unknown()) }), ...errors },
+        response: { 200: BackupListSchema, ...errors },
       },
     },
     async (req) => {
       const { repo, vm, disk } = req.query;
-      return { backups: await listRepositoryBackups(repo, { ...(vm ? { vm } : {}), ...(disk ? { disk } : {}) }) };
+      return listRepositoryBackups(repo, { ...(vm ? { vm } : {}), ...(disk ? { disk } : {}) });
     },
   );
 
