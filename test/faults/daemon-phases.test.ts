@@ -4,12 +4,14 @@
 // each, a new daemon on the same state and config: (a) it says what it cleaned, naming the VM and the dead daemon's
 // pid, and the job reads failed "interrupted by a daemon restart", (b) the first backup still restores byte for
 // byte, (c) QEMU holds no job, export, fl- node or temporary bitmap, only the chain's bitmaps, (d) no scratch file,
-// journal or uncommitted object, (e) the next backup through the API is incremental and succeeds.
+// journal or uncommitted object, (e) the next backup through the API is incremental and succeeds. The same mid-read
+// for a libvirt domain on the shared harness libvirtd: its job, export and new checkpoint are gone after the restart.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { useQemuSystem } from '../harness/jest-qemu.js';
+import { createImage, defineTestDomain, libvirtAvailability, sharedLibvirt, type LibvirtHarness, type TestDomain } from '../harness/libvirt.js';
 import { createDisk } from '../harness/qemu.js';
 import { makeTempDir, removeTempDir } from '../harness/temp-dir.js';
 import { leftovers, snapshotRaw } from '../integration/backup/helpers.js';
@@ -34,6 +36,18 @@ async function containers(repo: string): Promise<string[]> {
     }
   }
   return out.sort();
+}
+
+/** Resolves once the daemon says it paused at `phase` (rejects when it ends first). */
+function pauseOf(d: DaemonProcess, phase: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setInterval(() => {
+      if (d.stderr().includes(`test pause at ${phase}`)) resolve();
+      else if (d.proc.exitCode !== null && d.proc.exitCode !== undefined) reject(new Error(`fleeced ended before pausing at ${phase}: ${d.stderr()}`));
+      else return;
+      clearInterval(timer);
+    }, 100);
+  });
 }
 
 describe('fault suite: fleeced killed at each phase of a repository backup job', () => {
@@ -139,22 +153,17 @@ describe('fault suite: fleeced killed at each phase of a repository backup job',
   for (const [i, phase] of ['before-transaction', 'after-transaction', 'mid-read', 'commit'].entries()) {
     test(`SIGKILL of the daemon ${phase}: the restart cleans up, the next job continues the chain`, async () => {
       await write(`write -P 0x${(0x21 + i).toString(16)} ${4 + i}M 1M`);
+      const prior = (await leftovers(fixture.qemu.client)).bitmaps.vda!;
       const paused = await start({ FLEECE_TEST_PAUSE_AT: phase });
       // The reply may never come (the job pauses before it counts as started): the kill ends the request.
       const request = paused.request('POST', '/v1/vms/vm1/backups', { repo: repo(), bandwidth: 4 * MiB }).catch((error: unknown) => error);
-      await new Promise<void>((resolve, reject) => {
-        const timer = setInterval(() => {
-          if (paused.stderr().includes(`test pause at ${phase}`)) resolve();
-          else if (paused.proc.exitCode !== null && paused.proc.exitCode !== undefined) reject(new Error(`fleeced ended before pausing at ${phase}: ${paused.stderr()}`));
-          else return;
-          clearInterval(timer);
-        }, 100);
-      });
+      await pauseOf(paused, phase);
       const deadPid = paused.proc.pid!;
       // What the job holds where it pauses: the kill leaves it all behind.
       const held = { qemu: await leftovers(fixture.qemu.client), scratch: await readdir(join(stateDir(), 'scratch')).catch(() => []) };
       expect(held.qemu.fleeceNodes.length * held.scratch.length).toBeGreaterThan(0);
-      if (phase !== 'before-transaction') expect(held.qemu.jobs).toHaveLength(1);
+      const added = held.qemu.bitmaps.vda!.filter((b) => !prior.includes(b)); // the killed job's new checkpoint
+      expect({ jobs: held.qemu.jobs.length, bitmaps: added.length }).toEqual(phase === 'before-transaction' ? { jobs: 0, bitmaps: 0 } : { jobs: 1, bitmaps: 1 });
       const unfinished = (await containers(repo())).length - (await list(paused)).length;
       expect(unfinished).toBe(phase === 'mid-read' || phase === 'commit' ? 1 : 0);
       const fault = injectFault(`SIGKILL of the daemon ${phase}`);
@@ -162,10 +171,105 @@ describe('fault suite: fleeced killed at each phase of a repository backup job',
       expect((await paused.proc).signal).toBe('SIGKILL');
       await request;
       await holds(await start(), deadPid, [
-        ...held.qemu.fleeceNodes.map((n) => `node ${n}`), ...held.qemu.jobs.map((j) => `job ${j}`),
+        ...held.qemu.fleeceNodes.map((n) => `node ${n}`), ...held.qemu.jobs.map((j) => `job ${j}`), ...added.map((b) => `bitmap ${b} of disk vda`),
         ...held.scratch.map((f) => `file ${join(stateDir(), 'scratch', f)}`),
       ], unfinished > 0);
       fault.held();
     }, 240_000);
   }
+});
+
+(libvirtAvailability().ok ? describe : describe.skip)('fault suite: fleeced killed mid-read of a libvirt domain\'s job', () => {
+  let dir: string;
+  let h: LibvirtHarness;
+  let dom: TestDomain;
+  let daemon: DaemonProcess | undefined;
+  beforeAll(async () => {
+    dir = await makeTempDir('faults-daemon-libvirt');
+    h = await sharedLibvirt();
+    await createImage(join(dir, 'vda.qcow2'), 'qcow2', 16 * MiB);
+    dom = await defineTestDomain(h, { name: `fleece-test-dfault-${process.pid}`, disks: [{ target: 'vda', path: join(dir, 'vda.qcow2'), format: 'qcow2' }] });
+  }, 120_000);
+  afterAll(async () => {
+    await daemon?.stop();
+    await dom?.remove();
+    if (dir) await removeTempDir(dir);
+  }, 60_000);
+
+  const repo = () => join(dir, 'repo');
+  const monitor = async <T>(command: object): Promise<T> => JSON.parse(await h.virsh(['qemu-monitor-command', dom.name, JSON.stringify(command)])).return as T;
+  const checkpoints = async () => (await h.virsh(['checkpoint-list', dom.name, '--name'])).split('\n').map((l) => l.trim()).filter(Boolean).sort();
+  /** The job libvirt runs, QEMU's exports and jobs, and the dirty bitmaps on any of its nodes. */
+  async function held(): Promise<{ job: string; exports: unknown[]; jobs: unknown[]; bitmaps: string[] }> {
+    const nodes = await monitor<{ 'dirty-bitmaps'?: { name: string }[] }[]>({ execute: 'query-named-block-nodes', arguments: { flat: true } });
+    return {
+      job: (await h.virsh(['domjobinfo', dom.name])).split('\n')[0]!.replace(/^Job type:\s*/, '').trim(),
+      exports: await monitor<unknown[]>({ execute: 'query-block-exports' }),
+      jobs: await monitor<unknown[]>({ execute: 'query-jobs' }),
+      bitmaps: [...new Set(nodes.flatMap((n) => (n['dirty-bitmaps'] ?? []).map((b) => b.name)))].sort(),
+    };
+  }
+  async function start(env: NodeJS.ProcessEnv = {}): Promise<DaemonProcess> {
+    await daemon?.stop();
+    daemon = await startDaemonProcess(daemonDirs(dir), [], env);
+    return daemon;
+  }
+  async function finished(d: DaemonProcess, id: string): Promise<{ state: string; error?: string; checkpoint?: string; incrementalFrom?: string }> {
+    await (await openEvents(d.target, `/v1/jobs/${id}/events`)).ended;
+    return (await d.request('GET', `/v1/jobs/${id}`)).body.job;
+  }
+  async function backup(d: DaemonProcess) {
+    const reply = await d.request('POST', `/v1/vms/${dom.name}/backups`, { repo: repo() });
+    expect({ status: reply.status, error: reply.body?.error }).toEqual({ status: 202, error: undefined });
+    return finished(d, reply.body.job.id);
+  }
+
+  test('SIGKILL of the daemon mid-read: the restart ends the libvirt job, drops its checkpoint; the next job is incremental', async () => {
+    let d = await start();
+    expect((await d.request('POST', '/v1/vms', { name: dom.name, connect: h.uri })).status).toBe(201);
+    await dom.write('vda', 0, 2 * MiB, 0x51);
+    await dom.qemuIo('vda', 'flush');
+    await snapshotRaw(join(dir, 'vda.qcow2'), join(dir, 'first.raw'));
+    const full = await backup(d);
+    expect({ state: full.state, error: full.error }).toEqual({ state: 'completed', error: undefined });
+    const firstId = ((await d.request('GET', `/v1/repository/backups?repo=${encodeURIComponent(repo())}`)).body.backups as Listed[])[0]!.backupId;
+
+    await dom.write('vda', 4 * MiB, MiB, 0x52);
+    await dom.qemuIo('vda', 'flush');
+    d = await start({ FLEECE_TEST_PAUSE_AT: 'mid-read' });
+    const request = d.request('POST', `/v1/vms/${dom.name}/backups`, { repo: repo() }).catch((error: unknown) => error);
+    await pauseOf(d, 'mid-read');
+    // The kill leaves libvirt's job, its export and a new checkpoint behind.
+    const before = await held();
+    expect(before.job).not.toMatch(/None/);
+    expect(before.exports.length).toBeGreaterThan(0);
+    expect((await checkpoints()).length).toBe(2);
+    const deadPid = d.proc.pid!;
+    const fault = injectFault('SIGKILL of the daemon mid-read (libvirt domain)');
+    await d.kill();
+    await request;
+
+    d = await start();
+    const said = new RegExp(`cleaned up after an interrupted backup of VM '${dom.name}' \\(fleece process ${deadPid}\\): .*libvirt backup job of domain .*checkpoint fleece-`);
+    expect(d.stderr()).toMatch(said);
+    const jobs = (await d.request('GET', `/v1/jobs?vm=${dom.name}`)).body.jobs as { state: string; error?: string }[];
+    expect(jobs.at(-1)).toMatchObject({ state: 'failed', error: expect.stringMatching(said) });
+    // Nothing of the killed job in libvirt or QEMU: no job, export or block job; only the first backup's checkpoint.
+    const after = await held();
+    expect({ job: after.job, exports: after.exports, jobs: after.jobs }).toEqual({ job: 'None', exports: [], jobs: [] });
+    expect(await checkpoints()).toEqual([full.checkpoint]);
+    expect(after.bitmaps).toEqual([full.checkpoint]);
+    const listed = (await d.request('GET', `/v1/repository/backups?repo=${encodeURIComponent(repo())}`)).body.backups as Listed[];
+    expect(await containers(repo())).toEqual(listed.map((r) => r.backupId).sort());
+    expect(await readdir(join(dir, 'state', 'scratch')).catch(() => [])).toEqual([]);
+    expect(existsSync(join(dir, 'state', 'journal', `${dom.name}.json`))).toBe(false);
+    const out = join(dir, 'first-restored.raw');
+    expect((await d.request('POST', '/v1/repository/restore', { repo: repo(), backupId: firstId, out })).status).toBe(200);
+    expect((await readFile(out)).equals(await readFile(join(dir, 'first.raw')))).toBe(true);
+
+    const next = await backup(d);
+    expect({ state: next.state, error: next.error, from: next.incrementalFrom }).toEqual({ state: 'completed', error: undefined, from: full.checkpoint });
+    expect((await held()).job).toBe('None');
+    fault.held();
+  }, 240_000);
 });
