@@ -50,6 +50,17 @@ function pauseOf(d: DaemonProcess, phase: string): Promise<void> {
   });
 }
 
+/** Pids of the processes whose command line names `path` (a daemon's state dir: the daemon, and any helper it left). */
+async function processesNaming(path: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.split('\0').some((arg) => arg.includes(path))) pids.push(Number(entry));
+  }
+  return pids;
+}
+
 describe('fault suite: fleeced killed at each phase of a repository backup job', () => {
   const fixture = useQemuSystem(async (dir) => {
     await createDisk(join(dir, 'a.qcow2'), { size: 16 * MiB });
@@ -120,6 +131,8 @@ describe('fault suite: fleeced killed at each phase of a repository backup job',
     expect(await containers(repo())).toEqual(listed.map((r) => r.backupId).sort());
     expect(await readdir(join(stateDir(), 'scratch')).catch(() => [])).toEqual([]);
     expect(existsSync(join(stateDir(), 'journal', 'vm1.json'))).toBe(false);
+    expect(await readdir(join(dir, 'run'))).toEqual([]);
+    expect(await processesNaming(stateDir())).toEqual([d.proc.pid]);
     expect((await runCli(dir, ['gc', '--repo', repo(), '--grace', '0'])).exitCode).toBe(0);
     expect(await containers(repo())).toEqual(listed.map((r) => r.backupId).sort());
     // (b) The first backup restores byte for byte, through the API.
@@ -160,7 +173,8 @@ describe('fault suite: fleeced killed at each phase of a repository backup job',
       await pauseOf(paused, phase);
       const deadPid = paused.proc.pid!;
       // What the job holds where it pauses: the kill leaves it all behind.
-      const held = { qemu: await leftovers(fixture.qemu.client), scratch: await readdir(join(stateDir(), 'scratch')).catch(() => []) };
+      const held = { qemu: await leftovers(fixture.qemu.client), scratch: await readdir(join(stateDir(), 'scratch')).catch(() => []), run: await readdir(join(dir, 'run')) };
+      if (held.qemu.exports.length > 0) expect(held.run).toHaveLength(1); // the NBD server's socket
       expect(held.qemu.fleeceNodes.length * held.scratch.length).toBeGreaterThan(0);
       const added = held.qemu.bitmaps.vda!.filter((b) => !prior.includes(b)); // the killed job's new checkpoint
       expect({ jobs: held.qemu.jobs.length, bitmaps: added.length }).toEqual(phase === 'before-transaction' ? { jobs: 0, bitmaps: 0 } : { jobs: 1, bitmaps: 1 });
@@ -244,6 +258,7 @@ describe('fault suite: fleeced killed at each phase of a repository backup job',
     expect(before.job).not.toMatch(/None/);
     expect(before.exports.length).toBeGreaterThan(0);
     expect((await checkpoints()).length).toBe(2);
+    expect(await readdir(join(dir, 'run'))).toHaveLength(1); // the job's socket directory
     const deadPid = d.proc.pid!;
     const fault = injectFault('SIGKILL of the daemon mid-read (libvirt domain)');
     await d.kill();
@@ -263,6 +278,8 @@ describe('fault suite: fleeced killed at each phase of a repository backup job',
     expect(await containers(repo())).toEqual(listed.map((r) => r.backupId).sort());
     expect(await readdir(join(dir, 'state', 'scratch')).catch(() => [])).toEqual([]);
     expect(existsSync(join(dir, 'state', 'journal', `${dom.name}.json`))).toBe(false);
+    expect(await readdir(join(dir, 'run'))).toEqual([]);
+    expect(await processesNaming(join(dir, 'state'))).toEqual([d.proc.pid]);
     const out = join(dir, 'first-restored.raw');
     expect((await d.request('POST', '/v1/repository/restore', { repo: repo(), backupId: firstId, out })).status).toBe(200);
     expect((await readFile(out)).equals(await readFile(join(dir, 'first.raw')))).toBe(true);
