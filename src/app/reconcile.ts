@@ -131,7 +131,7 @@ async function undo(vm: string, effect: JournalEffect, owner: JournalOwner, opti
         await repo.delete(effect.backupId);
         report.cleaned.push(`backup ${effect.backupId} of the unfinished VM backup deleted from ${effect.repo}`);
       } else {
-        const removed = await repo.discardUncommitted(effect.backupId);
+        const removed = await repo.discardUncommitted(effect.backupId, effect.container !== undefined ? { container: effect.container } : {});
         report.cleaned.push(removed > 0
           ? `${removed} objects of backup ${effect.backupId}, never committed, removed from ${effect.repo}`
           : `backup ${effect.backupId} in ${effect.repo} was never committed (its objects go with \`fleece gc\`)`);
