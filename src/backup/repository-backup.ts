@@ -523,7 +523,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     if (undone) await forgetRepositoryBackups();
     for (const [backupId, count] of leftBehind) {
       const next = journaled.has(backupId) ? `the next backup of VM '${vm}' (or \`fleece recover ${vm}\`) removes them` : '`fleece gc` removes them';
-      emit({ type: 'warning', message: `${count} object(s) of the failed backup ${backupId} could not be removed from ${repo.store.location}: ${next}` });
+      emit({ type: 'warning', message: `what the failed backup ${backupId} wrote (up to ${count} objects) could not be removed from ${repo.store.location}: ${next}` });
     }
     if (signal?.aborted) {
       throw new AbortedError(`the backup of VM '${vm}' was interrupted; nothing of it was kept and the previous backups and checkpoints are unchanged`, { cause: error });

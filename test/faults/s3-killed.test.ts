@@ -40,7 +40,7 @@ describeS3(title, () => {
     h = await sharedSwift();
     await createBucket(h, bucket);
     restoreEnv = await useS3Profile(fixture.dir, h, h.endpoint);
-  });
+  }, 180_000); // the shared Swift may take a minute to start on a loaded machine
   afterAll(() => restoreEnv());
 
   test('a full backup to start the chain', async () => {
