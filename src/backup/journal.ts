@@ -26,8 +26,9 @@ export type JournalEffect =
   /**
    * A backup being written into a repository (objects, maybe `_metadata`), to delete when the VM backup failed; the
    * `container` its objects go to, recorded before the first (the s3 layout's does not follow from the id).
+   * `aborted`: its writer aborted (never committed) but could not remove its objects (the store failed).
    */
-  | { kind: 'repository-backup'; repo: string; backupId: string; container?: string }
+  | { kind: 'repository-backup'; repo: string; backupId: string; container?: string; aborted?: boolean }
   /** backup-init answered: backup-cleanup {success: false} is owed to the provider unless the backup ends. */
   | { kind: 'provider-backup'; provider: string; vm: string; backupId: string }
   /** job-init answered: job-cleanup {success: false} is owed. */

@@ -32,7 +32,7 @@ import {
   DEFAULT_VERIFY_BITMAP_PERCENT, checkVerifyPercent, cleanBlockRuns, compareSample, runsToRanges, sampleBlocks, systemRandom,
   type Random, type SampleResult,
 } from './bitmap-sample.js';
-import type { BackupJournal } from './journal.js';
+import type { BackupJournal, JournalEffect } from './journal.js';
 import { volumeIdFor } from './volume-id.js';
 
 const log = getLogger('backup.repository');
@@ -321,12 +321,16 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   signal?.addEventListener('abort', onOuterAbort, { once: true });
   const committed: DiskBackupSummary[] = [];
   /** Backup id → its journal entry. */
-  const journaled = new Map<string, number>();
+  const journaled = new Map<string, { id: number; effect: Extract<JournalEffect, { kind: 'repository-backup' }> }>();
   /** Backups whose writer could not remove what it wrote (the store failed): they stay journaled. */
   const leftBehind = new Map<string, number>();
   const forgetRepositoryBackups = async () => {
-    for (const [backupId, id] of journaled) {
-      if (leftBehind.has(backupId)) continue;
+    for (const [backupId, { id, effect }] of journaled) {
+      if (leftBehind.has(backupId)) {
+        // Its writer aborted, so it was never committed: the next process need not reach the store to know it.
+        await options.journal?.update(id, { ...effect, aborted: true }).catch(() => undefined);
+        continue;
+      }
       journaled.delete(backupId);
       await options.journal?.clear(id).catch(() => undefined);
     }
@@ -414,8 +418,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
       const volumeId = volumeIdFor(vm, disk.target);
       const created = new Date();
       if (options.journal && typeof options.repo === 'string') {
-        const container = repo.backupContainer(volumeId, created, backupId);
-        journaled.set(backupId, await options.journal.record({ kind: 'repository-backup', repo: options.repo, backupId, container }));
+        const effect = { kind: 'repository-backup' as const, repo: options.repo, backupId, container: repo.backupContainer(volumeId, created, backupId) };
+        journaled.set(backupId, { id: await options.journal.record(effect), effect });
       }
       const writer = await repo.startBackup({
         backupId,

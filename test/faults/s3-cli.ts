@@ -114,7 +114,7 @@ export async function holdsAfterS3Fault(c: S3FaultCase, next: CliResult, nextRaw
   expect(await readdir(join(dir, 'state', 'scratch')).catch(() => [])).toEqual([]);
   expect(existsSync(join(dir, 'state', 'journal', 'vm1.json'))).toBe(false);
   for (const [backup, raw] of [[c.first(), c.firstRaw()], [nextJson, nextRaw]] as const) {
-    const out = join(dir, `restored-${backup.disks[0]!.backupId}.raw`);
+    const out = join(dir, `restored-${backup.disks[0]!.backupId}-${nextJson.disks[0]!.backupId}.raw`);
     expect((await runCli(dir, ['restore', '--repo', c.repo, '--backup', backup.disks[0]!.backupId, '--out', out])).exitCode).toBe(0);
     expect((await readFile(out)).equals(await readFile(raw))).toBe(true);
   }

@@ -5,7 +5,9 @@
 // back, the next backup removes those objects and its lease itself, and says so (no gc), then (b)–(e).
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { useQemuSystem } from '../harness/jest-qemu.js';
 import { createDisk } from '../harness/qemu.js';
 import { createBucket, privateProxy, sharedSwift, swiftAvailability, type PrivateProxy, type SwiftHarness } from '../harness/swift.js';
@@ -82,6 +84,36 @@ describeS3(title, () => {
     expect(warnings.join('\n')).toMatch(new RegExp(`cleaned up after an interrupted backup of VM 'vm1' \\(fleece process ${child.pid}\\): ${left.length} objects of backup ${failedId}, never committed, removed from ${repo}`));
     expect((await bucketKeys(h, bucket)).filter((k) => k.includes(failedId))).toEqual([]);
     await holdsAfterS3Fault(c(), next, join(fixture.dir, 'next.raw'));
+    fault.held();
+  }, 300_000);
+
+  test('the server still away when the next fleece cleans up: it says what stays, the VM is free, gc removes it once the server is back', async () => {
+    await write('write -P 0x44 0 20M');
+    const committed = (await runCliJson<{ backupId: string }[]>(fixture.dir, ['list', '--repo', repo])).map((r) => r.backupId);
+    const { child } = await pausedAt(fixture.dir, args(), 'mid-read');
+    const stray = await firstStrayDataObject(h, bucket, committed);
+    const failedId = /_backup_([A-Za-z0-9-]+)-\d{5}$/.exec(stray)![1]!;
+    const fault = injectFault('S3 server stopped mid-backup, still away at the cleanup');
+    await proxy!.stop();
+    child.kill('SIGUSR2');
+    expect((await child).exitCode).toBe(1);
+
+    // A writer that aborted committed nothing: an unreachable server does not keep its journal (and the VM) blocked.
+    const recovered = await runCli(fixture.dir, ['recover', 'vm1']);
+    expect({ code: recovered.exitCode, stderr: recovered.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(recovered.stdout).toMatch(new RegExp(`the objects the failed backup ${failedId} left in ${repo} could not be removed \\(.*cannot reach the S3 endpoint ${proxy!.endpoint}.*\\): \`fleece gc\` removes them`));
+    expect(existsSync(join(fixture.dir, 'state', 'journal', 'vm1.json'))).toBe(false);
+
+    await proxy!.start();
+    const left = (await bucketKeys(h, bucket)).filter((k) => k.includes(failedId));
+    expect(left).toContain(stray);
+    // Swift lists LastModified rounded up to the next second: until then --grace 0 takes the objects for newer than now.
+    await delay(1100);
+    // Its lease names this host and a process that is gone: it protects nothing.
+    const gc = await runCliJson<{ removed: { name: string }[] }>(fixture.dir, ['gc', '--repo', repo, '--grace', '0']);
+    expect(gc.removed.map((r) => r.name).sort()).toEqual(left);
+    await snapshotRaw(join(fixture.dir, 'a.qcow2'), join(fixture.dir, 'next2.raw'));
+    await holdsAfterS3Fault(c(), await runCli(fixture.dir, [...args(), '--json']), join(fixture.dir, 'next2.raw'));
     fault.held();
   }, 300_000);
 });
