@@ -20,7 +20,7 @@ import { CheckpointStore } from '../checkpoint/store.js';
 import { GuestAgentClient } from '../qemu/guest-agent.js';
 import { QmpClient } from '../qmp/client.js';
 import type { QmpExecutor } from '../qmp/index.js';
-import { openRepository } from '../repository/index.js';
+import { openRepository, StoreError } from '../repository/index.js';
 import { describeError } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import { cleanupQmpLeftovers } from './jobs/recover.js';
@@ -97,6 +97,21 @@ async function undoProviderCall(effect: Extract<JournalEffect, { kind: 'provider
   }
 }
 
+/** Deletes the repository backup of a VM backup that did not end, committed or not. Throws StoreError. */
+async function undoRepositoryBackup(effect: Extract<JournalEffect, { kind: 'repository-backup' }>, report: ReconcileReport): Promise<void> {
+  const repo = await openRepository(effect.repo);
+  const committed = await repo.get(effect.backupId).then(() => true, () => false);
+  if (committed) {
+    await repo.delete(effect.backupId);
+    report.cleaned.push(`backup ${effect.backupId} of the unfinished VM backup deleted from ${effect.repo}`);
+    return;
+  }
+  const removed = await repo.discardUncommitted(effect.backupId, effect.container !== undefined ? { container: effect.container } : {});
+  report.cleaned.push(removed > 0
+    ? `${removed} objects of backup ${effect.backupId}, never committed, removed from ${effect.repo}`
+    : `backup ${effect.backupId} in ${effect.repo} was never committed (its objects go with \`fleece gc\`)`);
+}
+
 async function undo(vm: string, effect: JournalEffect, owner: JournalOwner, options: ReconcileOptions, report: ReconcileReport): Promise<void> {
   switch (effect.kind) {
     case 'provider-backup':
@@ -125,16 +140,13 @@ async function undo(vm: string, effect: JournalEffect, owner: JournalOwner, opti
       await removePaths([effect.path], report);
       return;
     case 'repository-backup': {
-      const repo = await openRepository(effect.repo);
-      const committed = await repo.get(effect.backupId).then(() => true, () => false);
-      if (committed) {
-        await repo.delete(effect.backupId);
-        report.cleaned.push(`backup ${effect.backupId} of the unfinished VM backup deleted from ${effect.repo}`);
-      } else {
-        const removed = await repo.discardUncommitted(effect.backupId);
-        report.cleaned.push(removed > 0
-          ? `${removed} objects of backup ${effect.backupId}, never committed, removed from ${effect.repo}`
-          : `backup ${effect.backupId} in ${effect.repo} was never committed (its objects go with \`fleece gc\`)`);
+      try {
+        await undoRepositoryBackup(effect, report);
+      } catch (error) {
+        // A writer that aborted committed nothing: its leftovers are garbage, and an unreachable store must not keep
+        // the VM from being backed up (into another repository, say) until it answers again.
+        if (!effect.aborted || !(error instanceof StoreError)) throw error;
+        report.cleaned.push(`the objects the failed backup ${effect.backupId} left in ${effect.repo} could not be removed (${describeError(error)}): \`fleece gc\` removes them`);
       }
       return;
     }

@@ -23,8 +23,12 @@ export type JournalEffect =
   | { kind: 'storage-daemon'; pid: number; startTime: string; files: string[] }
   /** The guest's file systems frozen: through its agent socket (a bare QEMU) or through libvirt. */
   | { kind: 'guest-frozen'; agent?: string; connect?: string; domain?: string }
-  /** A backup being written into a repository (objects, maybe `_metadata`), to delete when the VM backup failed. */
-  | { kind: 'repository-backup'; repo: string; backupId: string }
+  /**
+   * A backup being written into a repository (objects, maybe `_metadata`), to delete when the VM backup failed; the
+   * `container` its objects go to, recorded before the first (the s3 layout's does not follow from the id).
+   * `aborted`: its writer aborted (never committed) but could not remove its objects (the store failed).
+   */
+  | { kind: 'repository-backup'; repo: string; backupId: string; container?: string; aborted?: boolean }
   /** backup-init answered: backup-cleanup {success: false} is owed to the provider unless the backup ends. */
   | { kind: 'provider-backup'; provider: string; vm: string; backupId: string }
   /** job-init answered: job-cleanup {success: false} is owed. */

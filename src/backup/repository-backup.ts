@@ -32,7 +32,7 @@ import {
   DEFAULT_VERIFY_BITMAP_PERCENT, checkVerifyPercent, cleanBlockRuns, compareSample, runsToRanges, sampleBlocks, systemRandom,
   type Random, type SampleResult,
 } from './bitmap-sample.js';
-import type { BackupJournal } from './journal.js';
+import type { BackupJournal, JournalEffect } from './journal.js';
 import { volumeIdFor } from './volume-id.js';
 
 const log = getLogger('backup.repository');
@@ -320,9 +320,24 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   const onOuterAbort = () => inner.abort(signal?.reason);
   signal?.addEventListener('abort', onOuterAbort, { once: true });
   const committed: DiskBackupSummary[] = [];
-  const journaled: number[] = [];
+  /** Backup id → its journal entry. */
+  const journaled = new Map<string, { id: number; effect: Extract<JournalEffect, { kind: 'repository-backup' }> }>();
+  /** Backups whose writer could not remove what it wrote (the store failed): they stay journaled. */
+  const leftBehind = new Map<string, number>();
   const forgetRepositoryBackups = async () => {
-    for (const id of journaled.splice(0)) await options.journal?.clear(id).catch(() => undefined);
+    for (const [backupId, { id, effect }] of journaled) {
+      if (leftBehind.has(backupId)) {
+        // Its writer aborted, so it was never committed: the next process need not reach the store to know it.
+        await options.journal?.update(id, { ...effect, aborted: true }).catch(() => undefined);
+        continue;
+      }
+      journaled.delete(backupId);
+      await options.journal?.clear(id).catch(() => undefined);
+    }
+  };
+  const abortWriter = async (writer: BackupWriter, error: unknown) => {
+    await writer.abort(error);
+    if (writer.leftBehind > 0) leftBehind.set(writer.backupId, writer.leftBehind);
   };
   const writers = new Set<BackupWriter>();
   const plans: DiskPlan[] = [];
@@ -400,14 +415,18 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     await runLimited(plans, parallel, async (plan) => {
       const { disk, exp, source } = plan;
       const backupId = randomUUID();
+      const volumeId = volumeIdFor(vm, disk.target);
+      const created = new Date();
       if (options.journal && typeof options.repo === 'string') {
-        journaled.push(await options.journal.record({ kind: 'repository-backup', repo: options.repo, backupId }));
+        const effect = { kind: 'repository-backup' as const, repo: options.repo, backupId, container: repo.backupContainer(volumeId, created, backupId) };
+        journaled.set(backupId, { id: await options.journal.record(effect), effect });
       }
       const writer = await repo.startBackup({
         backupId,
+        now: created,
         vm,
         disk: disk.target,
-        volumeId: volumeIdFor(vm, disk.target),
+        volumeId,
         size: exp.size,
         ...(plan.parent ? { parent: plan.parent.backupId, mode: plan.level.level === 'compare' ? 'compare' as const : 'changed-extents' as const } : { mode: 'full' as const }),
         ...(options.compression ? { compression: options.compression } : {}),
@@ -478,7 +497,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         emit({ type: 'disk-done', disk: disk.target, backupId: summary.backupId, bytesRead: summary.bytesRead, bytesStored: summary.bytesStored });
       } catch (error) {
         inner.abort(error);
-        await writer.abort(error);
+        await abortWriter(writer, error);
         throw error;
       } finally {
         writers.delete(writer);
@@ -494,7 +513,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     for (const warning of result.warnings) emit({ type: 'warning', message: warning });
   } catch (error) {
     inner.abort(error);
-    for (const writer of writers) await writer.abort(error);
+    for (const writer of writers) await abortWriter(writer, error);
     for (const plan of plans) await plan.source?.close().catch(() => undefined);
     await point?.abort(error);
     let undone = true;
@@ -506,6 +525,10 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     }
     // What could not be deleted stays journaled, for the next process that touches the VM.
     if (undone) await forgetRepositoryBackups();
+    for (const [backupId, count] of leftBehind) {
+      const next = journaled.has(backupId) ? `the next backup of VM '${vm}' (or \`fleece recover ${vm}\`) removes them` : '`fleece gc` removes them';
+      emit({ type: 'warning', message: `what the failed backup ${backupId} wrote (up to ${count} objects) could not be removed from ${repo.store.location}: ${next}` });
+    }
     if (signal?.aborted) {
       throw new AbortedError(`the backup of VM '${vm}' was interrupted; nothing of it was kept and the previous backups and checkpoints are unchanged`, { cause: error });
     }

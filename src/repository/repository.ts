@@ -8,7 +8,7 @@ import type { S3StoreOptions } from './store/s3-store.js';
 import { DEFAULT_RETRY_POLICY, RetryStore, withRetry, type RetryPolicy } from './store/retry-store.js';
 import { KeyNamedStore } from './store/key-named-store.js';
 import { ListingSnapshot } from './store/listing-snapshot.js';
-import { belongsToBackup, containerFor, leaseBackupId, metadataName, sha256FileName, checkBackupId, type RepositoryLayout } from './format/naming.js';
+import { backupLocation, belongsToBackup, containerFor, isS3LayoutContainer, leaseBackupId, metadataName, sha256FileName, checkBackupId, type RepositoryLayout } from './format/naming.js';
 import { parseMetadataStream, type BackupMetadata, type Compression, type GuestConfigExtra, type ObjectEntry } from './format/manifest.js';
 import { readSha256Stream, type DigestSink, type Sha256File, type Sha256FileHeader } from './format/sha256-file.js';
 import { DigestTable, type DigestTableOptions } from './digest-table.js';
@@ -444,20 +444,38 @@ export class Repository {
   }
 
   /**
-   * Removes the objects (and lease) of a backup that was never committed, as a killed writer's journal names it; returns
-   * how many. Only in the posix layout, where the container follows from the id; s3: 0 (gc takes them once the lease
-   * is stale). A committed backup is left alone (delete it with delete()). Throws StoreError.
+   * Where the backup `backupId` of `volumeId` started at `created` keeps its objects: posix, its own container; s3,
+   * `volume_<volume>/<timestamp>` (a journal records it before the first object, see discardUncommitted).
    */
-  async discardUncommitted(backupId: string, signal?: AbortSignal): Promise<number> {
+  backupContainer(volumeId: string, created: Date, backupId: string): string {
+    return backupLocation(this.layout, volumeId, created, backupId, this.options.availabilityZone).container;
+  }
+
+  /**
+   * Removes the objects, lease and unfinished uploads of a backup that was never committed, as a killed writer's
+   * journal names it; returns how many. The posix layout finds its container from the id; the s3 layout needs the
+   * `container` the journal recorded (without one: 0, gc takes them once the lease is stale). A committed backup is
+   * left alone (delete it with delete()). Throws InvalidInputError (a container the layout cannot have), StoreError.
+   */
+  async discardUncommitted(backupId: string, options: { container?: string; signal?: AbortSignal } = {}): Promise<number> {
     checkBackupId(backupId);
-    if (this.layout !== 'posix') return 0;
-    const container = containerFor(backupId);
+    const { signal } = options;
+    let container: string;
+    if (this.layout === 'posix') container = containerFor(backupId);
+    else if (options.container === undefined) return 0;
+    else if (!isS3LayoutContainer(options.container)) throw new InvalidInputError(`"${options.container}" is not a container of the s3 layout (volume_<volume>/<timestamp>)`);
+    else container = options.container;
     const objects = await this.store.list(container, '', { signal });
     if (objects.some((o) => o.name.endsWith('_metadata') && belongsToBackup(o.name, backupId))) return 0;
     let removed = 0;
     for (const o of objects) {
       if (!belongsToBackup(o.name, backupId) && leaseBackupId(o.name) !== backupId) continue;
       if (await this.store.delete(container, o.name, { signal })) removed += 1;
+    }
+    for (const temp of await this.store.listTemporary(container, { signal })) {
+      if (!temp.name.includes(`_backup_${backupId}`)) continue;
+      await this.store.deleteTemporary(container, temp.name, { signal });
+      removed += 1;
     }
     return removed;
   }

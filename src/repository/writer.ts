@@ -192,6 +192,7 @@ export class BackupWriter {
   private readonly extraSpares: number;
   private readonly entries: ObjectEntry[] = [];
   private readonly written: string[] = [];
+  private left = 0;
   private bytesRead = 0;
   private bytesChanged = 0;
   private bytesStored = 0;
@@ -316,14 +317,26 @@ export class BackupWriter {
     }
   }
 
-  /** Stops refreshing the lease and removes it (best effort: gc removes a stale one). Never throws. */
-  private async releaseLease(): Promise<void> {
+  /**
+   * Stops refreshing the lease and removes it unless told `keep` (best effort: gc removes a stale one). False when
+   * a lease stays. Never throws.
+   */
+  private async releaseLease(keep = false): Promise<boolean> {
     clearInterval(this.leaseTimer);
     this.leaseTimer = undefined;
     await this.leaseRefresh; // else a refresh on its way would put the lease back
-    if (this.leaseAt === undefined) return;
+    if (this.leaseAt === undefined) return true;
     this.leaseAt = undefined;
-    await this.store.delete(this.container, this.leaseObjectName()).catch(() => undefined);
+    if (keep) return false;
+    return this.store.delete(this.container, this.leaseObjectName()).then(() => true, () => false);
+  }
+
+  /**
+   * After an abort: how many of its objects (the lease included) this backup could not remove (the store failed, e.g.
+   * an S3 server that went away). They belong to no backup: whoever journaled it removes them later, else gc.
+   */
+  get leftBehind(): number {
+    return this.left;
   }
 
   /** s3: a key beside the backup's prefix; posix: a file in the backup's own container. */
@@ -699,10 +712,12 @@ export class BackupWriter {
     await this.prepared?.catch(() => undefined); // a lease being taken
     await this.tail.catch(() => undefined);
     while (this.putsRunning > 0) await new Promise<void>((resolve) => this.putWaiters.push(resolve));
+    // Once a delete failed (after the store's retries) the store is taken to be away: the rest is left, not retried.
     for (const name of this.written.splice(0)) {
-      await this.store.delete(this.container, name).catch(() => undefined);
+      if (this.left > 0) this.left += 1;
+      else await this.store.delete(this.container, name).catch(() => { this.left += 1; });
     }
-    await this.releaseLease();
+    if (!await this.releaseLease(this.left > 0)) this.left += 1;
   }
 
   /** Stops the backup: no _metadata is written, objects written so far are removed (best effort). Never throws. */

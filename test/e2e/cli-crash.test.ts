@@ -13,6 +13,7 @@ import { createImage, defineTestDomain, libvirtAvailability, sharedLibvirt, type
 import { makeTempDir, removeTempDir } from '../harness/temp-dir.js';
 import { leftovers, sha256File, snapshotRaw } from '../integration/backup/helpers.js';
 import { runCli, runCliJson, startCli, type BackupJson } from './helpers.js';
+import { injectFault } from '../faults/fault-count.js';
 
 const MiB = 1024 * 1024;
 
@@ -78,11 +79,13 @@ describe('SIGKILL of fleece backup (bare QEMU)', () => {
     await write('write -P 0x21 0 8M');
     // Both limited to 2 MB/s: the winner holds the VM for about 4 s, so the two always overlap.
     const slow = [...args(), '--full', '--bandwidth', '2M'];
+    const fault = injectFault('two backups of one VM racing');
     const [a, b] = await Promise.all([startCli(dir, slow), startCli(dir, slow)]);
     const codes = [a.exitCode, b.exitCode].sort();
     expect(codes).toEqual([0, 1]);
     const loser = a.exitCode === 0 ? b : a;
     expect(String(loser.stderr)).toMatch(/another backup job is already running for VM 'vm1'/);
+    fault.held();
   }, 120_000);
 });
 

@@ -9,6 +9,7 @@ import { useQemuSystem } from '../harness/jest-qemu.js';
 import { createDisk } from '../harness/qemu.js';
 import { makeTempDir, removeTempDir } from '../harness/temp-dir.js';
 import { daemonDirs, request, runDaemonExpectingFailure, startDaemonProcess, type DaemonProcess } from '../integration/daemon/daemon-process.js';
+import { injectFault } from '../faults/fault-count.js';
 
 const fixture = useQemuSystem(async (dir) => {
   await createDisk(join(dir, 'a.qcow2'), { size: 8 * 1024 * 1024 });
@@ -87,7 +88,10 @@ describe('fleeced API', () => {
       ['POST', '/v1/repository/verify', { repo: '/r', backupId: 'x', deeep: true }, 400, /deeep/],
       ['GET', '/v1/repository/backups?repo=/r&colour=red', undefined, 400, /colour/],
       ['GET', '/v1/jobs?colour=red', undefined, 400, /colour/],
+      // An oversized body is refused by its size, over fastify's bodyLimit (issue 14, item 6).
+      ['POST', '/v1/vms', JSON.stringify({ name: 'vm9', qmp: '/x', pad: 'x'.repeat(5 * 1024 * 1024) }), 413, /too large/],
     ];
+    const fault = injectFault('hostile API input: unknown fields, relative paths, bad and oversized bodies');
     for (const [method, path, body, status, message] of cases) {
       const reply = await d.request(method, path, body);
       expect({ method, path, status: reply.status }).toEqual({ method, path, status });
@@ -110,6 +114,7 @@ describe('fleeced API', () => {
     const doc = await d.request('GET', '/openapi.json');
     expect(doc.body.openapi).toMatch(/^3\./);
     expect(Object.keys(doc.body.paths)).toEqual(expect.arrayContaining(['/v1/vms/{vm}/backup-begin', '/v1/jobs/{id}/events', '/v1/repository/restore']));
+    fault.held();
   });
 
   test('API restore: force replaces an existing file as the CLI\'s --force does, never through a symbolic link', async () => {
@@ -130,10 +135,12 @@ describe('fleeced API', () => {
     const victim = join(dir, 'victim.txt');
     await writeFile(victim, 'keep');
     await symlink(victim, join(dir, 'link.raw'));
+    const fault = injectFault('hostile API input: restore force onto a symlink');
     const link = await daemon.request('POST', '/v1/repository/restore', { repo, backupId, out: join(dir, 'link.raw'), force: true });
     expect(link.status).toBe(409);
     expect(link.body.error.message).toContain('is a symbolic link');
     expect(await readFile(victim, 'utf8')).toBe('keep');
+    fault.held();
   });
 
   test('TCP needs the bearer token; TCP without a token file refuses to start', async () => {

@@ -6,6 +6,7 @@ import { openRepository, type Repository } from '../../../src/repository/reposit
 import { restoreBackup } from '../../../src/restore/restore.js';
 import { MemorySink } from '../../../src/restore/memory-sink.js';
 import { allocatedExtents, mixedDisk } from '../../unit/repository/disk-images.js';
+import { injectFault } from '../../faults/fault-count.js';
 
 const size = 2 * 1024 * 1024 + 100;
 let dir: string;
@@ -40,31 +41,37 @@ it('a flipped byte in an object fails verify and restore naming the object', asy
   const data = await readFile(join(fullContainer, victim));
   data[Math.floor(data.length / 2)] ^= 0x40;
   await writeFile(join(fullContainer, victim), data);
+  const fault = injectFault('object corrupted (a flipped byte)');
   const report = await repo.verify(incId);
   expect(report.ok).toBe(false);
   expect(report.problems.map((p) => p.object).join(' ')).toContain(victim);
   await expect(restoreBackup(repo, incId, new MemorySink(size), { workers: 1 })).rejects.toThrow(victim);
+  fault.held();
 });
 
 it('a missing object fails verify and restore naming the object', async () => {
   const victim = (await dataObjects())[0]!;
   await unlink(join(fullContainer, victim));
+  const fault = injectFault('object deleted');
   const report = await repo.verify(incId);
   expect(report.ok).toBe(false);
   expect(report.problems[0]!.message).toContain(victim);
   await expect(restoreBackup(repo, incId, new MemorySink(size), { workers: 1 })).rejects.toThrow(victim);
+  fault.held();
 });
 
 it('a truncated _metadata fails verify and restore naming it', async () => {
   const meta = (await readdir(fullContainer)).find((n) => n.endsWith('_metadata'))!;
   const text = await readFile(join(fullContainer, meta));
   await writeFile(join(fullContainer, meta), text.subarray(0, text.length / 2));
+  const fault = injectFault('_metadata truncated');
   const report = await repo.verify(fullId);
   expect(report.ok).toBe(false);
   expect(report.problems[0]!.message).toContain(meta);
   await expect(restoreBackup(repo, incId, new MemorySink(size), { workers: 1 })).rejects.toThrow(meta);
   const scan = await repo.scan();
   expect(scan.problems.map((p) => p.object)).toEqual([meta]);
+  fault.held();
 });
 
 it('a missing parent fails verify and restore naming the parent; deep verify passes on an intact chain', async () => {
@@ -72,6 +79,7 @@ it('a missing parent fails verify and restore naming the parent; deep verify pas
   await expect(repo.delete(fullId)).rejects.toThrow(/dependent/);
   const meta = (await readdir(fullContainer)).find((n) => n.endsWith('_metadata'))!;
   await unlink(join(fullContainer, meta));
+  const fault = injectFault('parent _metadata deleted');
   const report = await repo.verify(incId);
   expect(report.ok).toBe(false);
   expect(report.problems[0]!.message).toContain(fullId);
@@ -83,6 +91,7 @@ it('a missing parent fails verify and restore naming the parent; deep verify pas
   expect(gc.removed.length).toBeGreaterThan(0);
   expect(gc.removed.every((r) => r.container.endsWith(fullId))).toBe(true);
   expect((await repo.list()).map((r) => r.backupId)).toEqual([incId]);
+  fault.held();
 });
 
 it('delete with cascade removes dependants and every object, metadata first', async () => {

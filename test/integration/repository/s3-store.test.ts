@@ -15,6 +15,7 @@ import { KeyNamedStore } from '../../../src/repository/store/key-named-store.js'
 import { createSparseFileSink } from '../../../src/restore/file-sink.js';
 import { restoreBackup } from '../../../src/restore/restore.js';
 import { transpileSources } from './transpile.js';
+import { injectFault } from '../../faults/fault-count.js';
 
 const MiB = 1024 * 1024;
 const BUCKET = 'fleece-it';
@@ -147,6 +148,7 @@ describeS3(title, () => {
       const repo = await open(`s3://${BUCKET}/${prefix}`, s3Options({ endpoint: proxy.endpoint }));
       const disk = diskImage(48 * MiB, 1);
       let t0 = Date.now();
+      const fault = injectFault('S3 server stopped mid-backup (repository API)');
       const error = await backUp(repo, 'vol-outage', disk, { between: async (i) => { if (i === 24) { await proxy.stop(); t0 = Date.now(); } } }).catch((e: unknown) => e);
       expect(Date.now() - t0).toBeLessThan(5000); // a few quick retries, then the error
       expect(error).toBeInstanceOf(S3StoreError);
@@ -163,6 +165,7 @@ describeS3(title, () => {
       expect(gc.removed.length).toBeGreaterThan(0);
       expect(gc.removed.every((o) => !o.name.includes(id))).toBe(true);
       expect((await viaMain.verify(id)).problems).toEqual([]);
+      fault.held();
     } finally {
       await proxy.stop();
     }
@@ -191,6 +194,7 @@ describeS3(title, () => {
     const store = new KeyNamedStore(raw(prefix));
     const listed = async () => { const names: string[] = []; for await (const o of store.listAll!()) names.push(o.name); return names.sort(); };
     for (let i = 0; i < 100 && !(await listed()).some((n) => /-\d{5}$/.test(n)); i++) await new Promise((r) => setTimeout(r, 50));
+    const fault = injectFault('gc racing a backup being written to S3 (lease)');
     const during = await otherHost.gc({ gracePeriodMs: 0, now: new Date(Date.now() + 1000) });
     expect(during.removed).toEqual([]);
     expect(during.leased).toEqual([{ container: w.container, backupId: w.backupId }]);
@@ -218,6 +222,7 @@ describeS3(title, () => {
     expect(await outside.exists(c, `az_nova_backup_${dead}-00001`)).toBe(true);
     expect((await otherHost.list()).map((r) => r.backupId)).toEqual([backupId]);
     expect((await restoreBytes(otherHost, backupId, disk.length, dir)).equals(disk)).toBe(true);
+    fault.held();
   });
 
   it('two processes back up different VMs into one bucket at once; both list (across list pages) and restore', async () => {

@@ -14,9 +14,26 @@ it('abort leaves no _metadata, removes written objects, and later calls fail', a
   for (const e of extents.slice(0, 4)) await w.write(e);
   await w.abort(new Error('user cancelled'));
   expect(await store.list(w.container)).toEqual([]);
+  expect(w.leftBehind).toBe(0);
   expect(await repo.list()).toEqual([]);
   await expect(w.write(extents[4]!)).rejects.toThrow(/aborted/);
   await expect(w.finish()).rejects.toThrow(/aborted/);
+});
+
+it('abort says how many objects it could not remove when the store fails its deletes (and stops trying after the first)', async () => {
+  const store = new MemoryObjectStore();
+  const repo = await openRepository(store);
+  const size = 4 << 20;
+  const w = await repo.startBackup({ volumeId: 'v', size, chunkSize: 256 * 1024, workers: 1, compression: 'none' });
+  for (const e of wholeDisk(mixedDisk(size, 5), 512 * 1024).slice(0, 4)) await w.write(e);
+  let deletes = 0;
+  store.delete = async () => { deletes += 1; throw new Error('the store went away'); };
+  await w.abort(new Error('the store went away'));
+  const stored = (await store.list(w.container)).length; // the data objects and the lease, all still there
+  expect(stored).toBeGreaterThan(2);
+  expect(w.leftBehind).toBeGreaterThanOrEqual(stored);
+  expect(deletes).toBe(1);
+  expect(await repo.list()).toEqual([]);
 });
 
 it('an AbortSignal aborts a running backup', async () => {
