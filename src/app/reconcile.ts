@@ -134,7 +134,9 @@ async function undo(vm: string, effect: JournalEffect, owner: JournalOwner, opti
         const removed = await repo.discardUncommitted(effect.backupId);
         report.cleaned.push(removed > 0
           ? `${removed} objects of backup ${effect.backupId}, never committed, removed from ${effect.repo}`
-          : `backup ${effect.backupId} in ${effect.repo} was never committed (its objects go with \`fleece gc\`)`);
+          : repo.layout === 'posix'
+            ? `backup ${effect.backupId} in ${effect.repo} was never committed and left no object`
+            : `backup ${effect.backupId} in ${effect.repo} was never committed (its objects go with \`fleece gc\`)`);
       }
       return;
     }

@@ -22,7 +22,7 @@ import {
   type Compression,
   type Repository,
 } from '../repository/index.js';
-import { AbortedError, InvalidInputError, throwIfAborted } from '../util/errors.js';
+import { AbortedError, InvalidInputError, describeError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import { testPausePoint } from '../util/test-pause.js';
 import { CheckpointBitmapInvalidError, type ControlPlane, type DiskExport, type PointInTime, type QuiesceMode, type SourceDisk } from './control/control-plane.js';
@@ -321,8 +321,12 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   signal?.addEventListener('abort', onOuterAbort, { once: true });
   const committed: DiskBackupSummary[] = [];
   const journaled: number[] = [];
+  /** Journal entries of failed writers that could not remove what they wrote: kept for the next fleece to clean. */
+  const keepJournaled = new Set<number>();
   const forgetRepositoryBackups = async () => {
-    for (const id of journaled.splice(0)) await options.journal?.clear(id).catch(() => undefined);
+    for (const id of journaled.splice(0)) {
+      if (!keepJournaled.has(id)) await options.journal?.clear(id).catch(() => undefined);
+    }
   };
   const writers = new Set<BackupWriter>();
   const plans: DiskPlan[] = [];
@@ -400,8 +404,10 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     await runLimited(plans, parallel, async (plan) => {
       const { disk, exp, source } = plan;
       const backupId = randomUUID();
+      let journalId: number | undefined;
       if (options.journal && typeof options.repo === 'string') {
-        journaled.push(await options.journal.record({ kind: 'repository-backup', repo: options.repo, backupId }));
+        journalId = await options.journal.record({ kind: 'repository-backup', repo: options.repo, backupId });
+        journaled.push(journalId);
       }
       const writer = await repo.startBackup({
         backupId,
@@ -479,6 +485,15 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
       } catch (error) {
         inner.abort(error);
         await writer.abort(error);
+        const left = writer.leftBehind;
+        if (left.objects.length > 0) {
+          if (journalId !== undefined) keepJournaled.add(journalId);
+          emit({
+            type: 'warning',
+            message: `${left.objects.length} object(s) the failed backup ${backupId} of disk ${disk.target} wrote could not be removed for sure from ${repo.store.location} `
+              + `(${describeError(left.error)}); ${journalId !== undefined ? `the next fleece command for VM '${vm}' (or fleece recover) removes them` : '`fleece gc` removes them'} once the repository works again`,
+          });
+        }
         throw error;
       } finally {
         writers.delete(writer);

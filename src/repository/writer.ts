@@ -192,6 +192,9 @@ export class BackupWriter {
   private readonly extraSpares: number;
   private readonly entries: ObjectEntry[] = [];
   private readonly written: string[] = [];
+  /** What the cleanup of a failed backup could not remove for sure (see leftBehind). */
+  private readonly unremoved: string[] = [];
+  private cleanupFailure: unknown;
   private bytesRead = 0;
   private bytesChanged = 0;
   private bytesStored = 0;
@@ -693,16 +696,41 @@ export class BackupWriter {
     if (this.state !== 'finishing') throw new AbortedError(`backup ${this.backupId} was aborted`, { cause: this.failure });
   }
 
-  /** Best effort: removes the objects this backup wrote (gc would find them otherwise). Never throws. */
+  /**
+   * Best effort: removes the objects this backup wrote (gc would find them otherwise), durably (the container is
+   * synced after the deletes: a storage failing now could otherwise bring them back after a crash). What it could not
+   * remove for sure is in `leftBehind`. Never throws.
+   */
   private async cleanup(): Promise<void> {
     clearInterval(this.leaseTimer);
     await this.prepared?.catch(() => undefined); // a lease being taken
     await this.tail.catch(() => undefined);
     while (this.putsRunning > 0) await new Promise<void>((resolve) => this.putWaiters.push(resolve));
-    for (const name of this.written.splice(0)) {
-      await this.store.delete(this.container, name).catch(() => undefined);
+    const names = this.written.splice(0);
+    const lease = this.leaseAt !== undefined ? [this.leaseObjectName()] : [];
+    let failure: unknown;
+    for (const name of names) {
+      await this.store.delete(this.container, name).catch((error: unknown) => { this.unremoved.push(name); failure ??= error; });
     }
     await this.releaseLease();
+    if (names.length + lease.length > 0 && this.store.syncContainer) {
+      await this.store.syncContainer(this.container).catch((error: unknown) => {
+        this.unremoved.splice(0, this.unremoved.length, ...names, ...lease);
+        failure ??= error;
+      });
+    }
+    if (failure !== undefined) {
+      log.warn({ backupId: this.backupId, objects: this.unremoved.length, err: failure }, 'could not remove what a failed backup wrote');
+      this.cleanupFailure = failure;
+    }
+  }
+
+  /**
+   * After abort() or a failed finish(): the objects (and lease) of this backup its cleanup could not remove for
+   * sure, with the first error; empty when everything it wrote is durably gone.
+   */
+  get leftBehind(): { objects: readonly string[]; error: unknown } {
+    return { objects: this.unremoved, error: this.cleanupFailure };
   }
 
   /** Stops the backup: no _metadata is written, objects written so far are removed (best effort). Never throws. */

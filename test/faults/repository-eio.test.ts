@@ -82,24 +82,37 @@ describe('fault suite: EIO from the storage under the repository', () => {
     const failed = await child;
     await storage.fail(false);
     expect({ code: failed.exitCode, signal: failed.signal }).toEqual({ code: 1, signal: undefined });
-    const error = errorLine(String(failed.stderr));
-    expect(error).toMatch(new RegExp(`^fleece: cannot \\w+ \\S+ in the repository at ${repo()}: the storage under it reported an I/O error \\(EIO\\); check the disk`));
-    // (d) what it wrote was removed before it ended: the repository holds exactly the files it held before.
-    expect(await filesUnder(repo())).toEqual(filesBefore);
+    const stderr = String(failed.stderr);
+    expect(errorLine(stderr)).toMatch(new RegExp(`^fleece: cannot write \\S+-\\d{5} in the repository at ${repo()}: the storage under it reported an I/O error \\(EIO\\); check the disk`));
+    // The removal of what it wrote could not be made durable (the sync failed too): it says so, and the journal keeps
+    // the backup for the next fleece.
+    expect(stderr).toMatch(new RegExp(`warning: \\d+ object\\(s\\) the failed backup \\S+ of disk vda wrote could not be removed for sure from ${repo()} .*EIO.*the next fleece command for VM 'vm1' \\(or fleece recover\\) removes them`));
+    expect(existsSync(join(fixture.dir, 'state', 'journal', 'vm1.json'))).toBe(true);
+    // The operator repairs the file system: what was only in memory is gone, the files are what reached the device.
+    await storage.repair();
     expect(await runCliJson<{ backupId: string }[]>(fixture.dir, ['list', '--repo', repo()])).toMatchObject([{ backupId: first.disks[0]!.backupId }]);
     expect(await readdir(join(fixture.dir, 'state', 'scratch')).catch(() => [])).toEqual([]);
-    expect(existsSync(join(fixture.dir, 'state', 'journal', 'vm1.json'))).toBe(false);
     // (c) QEMU holds nothing of it, only the first backup's checkpoint bitmap.
     const after = await leftovers(fixture.qemu.client);
     expect({ jobs: after.jobs, exports: after.exports, nodes: after.fleeceNodes, bitmaps: after.bitmaps.vda })
       .toEqual({ jobs: [], exports: [], nodes: [], bitmaps: [first.checkpoint] });
     // (b) the first backup restores byte for byte.
     await restoresAs(first.disks[0]!.backupId, join(fixture.dir, 'first.raw'));
-    // (e) the next backup is an incremental from the first, and restores byte for byte.
-    const next = await runCliJson<BackupJson>(fixture.dir, args());
+    // (e) the next backup cleans up after the failed one (the journal) and is an incremental from the first; it
+    // restores byte for byte; (d) the repository then holds the two backups' files only, no journal stays.
+    const next = await runCli(fixture.dir, args());
+    expect({ code: next.exitCode, stderr: next.exitCode === 0 ? '' : next.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(next.stderr).toMatch(/cleaned up after an interrupted backup of VM 'vm1' \(fleece process \d+\)/);
+    expect(next.stderr).toMatch(/incremental backup of VM 'vm1'/);
     await snapshotRaw(join(fixture.dir, 'a.qcow2'), join(fixture.dir, 'next.raw'));
-    expect({ level: next.level, parent: next.disks[0]!.parentId }).toEqual({ level: 'incremental', parent: first.disks[0]!.backupId });
-    await restoresAs(next.disks[0]!.backupId, join(fixture.dir, 'next.raw'));
+    const listed = await runCliJson<{ backupId: string; parentId: string | null }[]>(fixture.dir, ['list', '--repo', repo()]);
+    expect(listed).toHaveLength(2);
+    const { backupId: id, parentId } = listed.find((r) => r.backupId !== first.disks[0]!.backupId)!;
+    expect(parentId).toBe(first.disks[0]!.backupId);
+    await restoresAs(id, join(fixture.dir, 'next.raw'));
+    const container = `${id.slice(0, 2)}/${id.slice(2, 4)}/${id}/`;
+    expect((await filesUnder(repo())).filter((f) => !f.startsWith(container))).toEqual(filesBefore);
+    expect(existsSync(join(fixture.dir, 'state', 'journal', 'vm1.json'))).toBe(false);
     fault.held();
   }, 300_000);
 

@@ -28,6 +28,11 @@ export interface Tmpfs extends MountedFileSystem {
 export interface FaultyExt4 extends MountedFileSystem {
   /** true: every I/O request to the device fails with EIO from now on; false: it works again. */
   fail(on: boolean): Promise<void>;
+  /**
+   * What an operator does after the storage failed: unmount, `e2fsck -fy`, mount again. What is in memory only (the
+   * page cache, metadata whose writes failed) is gone after it: the files are what reached the device.
+   */
+  repair(): Promise<void>;
 }
 
 /** This host cannot make the file system (a tool, a device or a privilege is missing). */
@@ -126,7 +131,7 @@ async function startUntilReady(cmd: string, args: string[], pidFile: string, log
  * than reach the program as a failed call (what the fault cases are about).
  */
 export async function mountFaultyExt4(dir: string, size: number): Promise<FaultyExt4> {
-  await requireHost('an ext4 that fails on demand', ['nbdkit', 'nbdfuse', 'losetup', 'mkfs.ext4', 'mount', 'umount', 'mountpoint'], ['/dev/fuse', '/dev/loop-control']);
+  await requireHost('an ext4 that fails on demand', ['nbdkit', 'nbdfuse', 'losetup', 'mkfs.ext4', 'e2fsck', 'mount', 'umount', 'mountpoint'], ['/dev/fuse', '/dev/loop-control']);
   await mkdir(dir, { recursive: true });
   // nbdkit's and nbdfuse's command lines name this fleece-test- directory: `npm test` finds them should one stay.
   const work = await makeTempDir('faulty-ext4');
@@ -173,6 +178,13 @@ export async function mountFaultyExt4(dir: string, size: number): Promise<Faulty
     fail: async (on) => {
       if (on) await writeFile(trigger, '');
       else await rm(trigger, { force: true });
+    },
+    repair: async () => {
+      await rm(trigger, { force: true });
+      await run('umount', [dir]);
+      const fsck = await execa('e2fsck', ['-fy', loop!], { reject: false });
+      if (fsck.exitCode === undefined || fsck.exitCode >= 4) throw new Error(`e2fsck -fy ${loop} could not repair the file system (${fsck.exitCode}): ${fsck.stdout}`);
+      await run('mount', ['-o', 'errors=continue', loop!, dir]);
     },
     teardown,
   };

@@ -157,14 +157,22 @@ export class FsObjectStore implements ObjectStore, HoldsRootObjects {
     }
   }
 
-  /** One fsync of the container's directory makes every rename in it so far durable. Throws StoreError. */
+  /**
+   * One fsync of the container's directory makes every rename and removal in it so far durable. When deletes
+   * removed the container itself (pruneEmpty), the nearest directory still there is synced: it holds the removal.
+   * Throws StoreError.
+   */
   async syncContainer(container: string, options: StoreCallOptions = {}): Promise<void> {
     checkObjectPath(this.root, container);
     throwIfAborted(options.signal, `syncing ${container}`);
-    try {
-      await fsyncDirectory(join(this.root, container));
-    } catch (error) {
-      this.fail('sync', container, undefined, error);
+    const segments = container.split('/');
+    for (let i = segments.length; i >= 0; i--) {
+      try {
+        await fsyncDirectory(join(this.root, ...segments.slice(0, i)));
+        return;
+      } catch (error) {
+        if (errnoOf(error) !== 'ENOENT' || i === 0) this.fail('sync', container, undefined, error);
+      }
     }
   }
 
