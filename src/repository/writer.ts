@@ -319,14 +319,17 @@ export class BackupWriter {
     }
   }
 
-  /** Stops refreshing the lease and removes it (best effort: gc removes a stale one). Never throws. */
-  private async releaseLease(): Promise<void> {
+  /**
+   * Stops refreshing the lease and removes it (best effort: gc removes a stale one). Resolves with the error when the
+   * delete failed, else undefined. Never throws.
+   */
+  private async releaseLease(): Promise<unknown> {
     clearInterval(this.leaseTimer);
     this.leaseTimer = undefined;
     await this.leaseRefresh; // else a refresh on its way would put the lease back
-    if (this.leaseAt === undefined) return;
+    if (this.leaseAt === undefined) return undefined;
     this.leaseAt = undefined;
-    await this.store.delete(this.container, this.leaseObjectName()).catch(() => undefined);
+    return this.store.delete(this.container, this.leaseObjectName()).then(() => undefined, (error: unknown) => error ?? new Error('lease delete failed'));
   }
 
   /** s3: a key beside the backup's prefix; posix: a file in the backup's own container. */
@@ -709,13 +712,20 @@ export class BackupWriter {
     const names = this.written.splice(0);
     const lease = this.leaseAt !== undefined ? [this.leaseObjectName()] : [];
     let failure: unknown;
+    const deleted: string[] = []; // not those that were never there (a put that failed)
     for (const name of names) {
-      await this.store.delete(this.container, name).catch((error: unknown) => { this.unremoved.push(name); failure ??= error; });
+      await this.store.delete(this.container, name).then(
+        (existed) => { if (existed) deleted.push(name); },
+        (error: unknown) => { this.unremoved.push(name); failure ??= error; });
     }
-    await this.releaseLease();
+    const leaseError = await this.releaseLease();
+    if (leaseError !== undefined) {
+      this.unremoved.push(...lease);
+      failure ??= leaseError;
+    }
     if (names.length + lease.length > 0 && this.store.syncContainer) {
       await this.store.syncContainer(this.container).catch((error: unknown) => {
-        this.unremoved.splice(0, this.unremoved.length, ...names, ...lease);
+        this.unremoved.splice(0, this.unremoved.length, ...new Set([...this.unremoved, ...deleted, ...lease]));
         failure ??= error;
       });
     }
