@@ -61,7 +61,11 @@ describe('fault suite: EIO from the storage under the repository', () => {
   let first: BackupJson;
   let restores = 0;
   let paused: PausedCli | undefined;
-  afterEach(() => { paused?.child.kill('SIGKILL'); }); // a case that failed while fleece was paused leaves no process
+  afterEach(async () => { // a case that failed while fleece was paused leaves no process (nor a busy mount)
+    paused?.child.kill('SIGKILL');
+    await paused?.child;
+    paused = undefined;
+  });
 
   test('a first backup', async () => {
     await writeRandom(0, 3 * MiB);

@@ -55,7 +55,11 @@ describe('fault suite: the repository file system full', () => {
   let first: BackupJson;
   let restores = 0;
   let paused: PausedCli | undefined;
-  afterEach(() => { paused?.child.kill('SIGKILL'); }); // a case that failed while fleece was paused leaves no process
+  afterEach(async () => { // a case that failed while fleece was paused leaves no process (nor a busy mount)
+    paused?.child.kill('SIGKILL');
+    await paused?.child;
+    paused = undefined;
+  });
 
   test('a first backup fits', async () => {
     await writeRandom(0, 3 * MiB);
