@@ -109,7 +109,9 @@ async function undoRepositoryBackup(effect: Extract<JournalEffect, { kind: 'repo
   const removed = await repo.discardUncommitted(effect.backupId, effect.container !== undefined ? { container: effect.container } : {});
   report.cleaned.push(removed > 0
     ? `${removed} objects of backup ${effect.backupId}, never committed, removed from ${effect.repo}`
-    : `backup ${effect.backupId} in ${effect.repo} was never committed (its objects go with \`fleece gc\`)`);
+    : repo.layout === 'posix' || effect.container !== undefined
+      ? `backup ${effect.backupId} in ${effect.repo} was never committed and left no object`
+      : `backup ${effect.backupId} in ${effect.repo} was never committed (its objects go with \`fleece gc\`)`);
 }
 
 async function undo(vm: string, effect: JournalEffect, owner: JournalOwner, options: ReconcileOptions, report: ReconcileReport): Promise<void> {

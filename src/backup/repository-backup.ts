@@ -22,7 +22,7 @@ import {
   type Compression,
   type Repository,
 } from '../repository/index.js';
-import { AbortedError, InvalidInputError, throwIfAborted } from '../util/errors.js';
+import { AbortedError, InvalidInputError, describeError, throwIfAborted } from '../util/errors.js';
 import { getLogger } from '../util/logger.js';
 import { testPausePoint } from '../util/test-pause.js';
 import { CheckpointBitmapInvalidError, type ControlPlane, type DiskExport, type PointInTime, type QuiesceMode, type SourceDisk } from './control/control-plane.js';
@@ -323,7 +323,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   /** Backup id → its journal entry. */
   const journaled = new Map<string, { id: number; effect: Extract<JournalEffect, { kind: 'repository-backup' }> }>();
   /** Backups whose writer could not remove what it wrote (the store failed): they stay journaled. */
-  const leftBehind = new Map<string, number>();
+  const leftBehind = new Map<string, { objects: number; error: unknown }>();
   const forgetRepositoryBackups = async () => {
     for (const [backupId, { id, effect }] of journaled) {
       if (leftBehind.has(backupId)) {
@@ -337,7 +337,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   };
   const abortWriter = async (writer: BackupWriter, error: unknown) => {
     await writer.abort(error);
-    if (writer.leftBehind > 0) leftBehind.set(writer.backupId, writer.leftBehind);
+    const left = writer.leftBehind;
+    if (left.objects.length > 0) leftBehind.set(writer.backupId, { objects: left.objects.length, error: left.error });
   };
   const writers = new Set<BackupWriter>();
   const plans: DiskPlan[] = [];
@@ -525,9 +526,12 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     }
     // What could not be deleted stays journaled, for the next process that touches the VM.
     if (undone) await forgetRepositoryBackups();
-    for (const [backupId, count] of leftBehind) {
+    for (const [backupId, left] of leftBehind) {
       const next = journaled.has(backupId) ? `the next backup of VM '${vm}' (or \`fleece recover ${vm}\`) removes them` : '`fleece gc` removes them';
-      emit({ type: 'warning', message: `what the failed backup ${backupId} wrote (up to ${count} objects) could not be removed from ${repo.store.location}: ${next}` });
+      emit({
+        type: 'warning',
+        message: `up to ${left.objects} object(s) the failed backup ${backupId} wrote could not be removed for sure from ${repo.store.location} (${describeError(left.error)}): ${next} once the repository works again`,
+      });
     }
     if (signal?.aborted) {
       throw new AbortedError(`the backup of VM '${vm}' was interrupted; nothing of it was kept and the previous backups and checkpoints are unchanged`, { cause: error });

@@ -192,7 +192,9 @@ export class BackupWriter {
   private readonly extraSpares: number;
   private readonly entries: ObjectEntry[] = [];
   private readonly written: string[] = [];
-  private left = 0;
+  /** What the cleanup of a failed backup could not remove for sure (see leftBehind). */
+  private readonly unremoved: string[] = [];
+  private cleanupFailure: unknown;
   private bytesRead = 0;
   private bytesChanged = 0;
   private bytesStored = 0;
@@ -318,25 +320,17 @@ export class BackupWriter {
   }
 
   /**
-   * Stops refreshing the lease and removes it unless told `keep` (best effort: gc removes a stale one). False when
-   * a lease stays. Never throws.
+   * Stops refreshing the lease and removes it unless `keepBecause` is set (the store failed: then it stays, for whoever
+   * journaled the backup, else gc). Resolves with the error when it stays, else undefined. Never throws.
    */
-  private async releaseLease(keep = false): Promise<boolean> {
+  private async releaseLease(keepBecause?: unknown): Promise<unknown> {
     clearInterval(this.leaseTimer);
     this.leaseTimer = undefined;
     await this.leaseRefresh; // else a refresh on its way would put the lease back
-    if (this.leaseAt === undefined) return true;
+    if (this.leaseAt === undefined) return undefined;
     this.leaseAt = undefined;
-    if (keep) return false;
-    return this.store.delete(this.container, this.leaseObjectName()).then(() => true, () => false);
-  }
-
-  /**
-   * After an abort: how many of its objects (the lease included) this backup could not remove (the store failed, e.g.
-   * an S3 server that went away). They belong to no backup: whoever journaled it removes them later, else gc.
-   */
-  get leftBehind(): number {
-    return this.left;
+    if (keepBecause !== undefined) return keepBecause;
+    return this.store.delete(this.container, this.leaseObjectName()).then(() => undefined, (error: unknown) => error ?? new Error('lease delete failed'));
   }
 
   /** s3: a key beside the backup's prefix; posix: a file in the backup's own container. */
@@ -706,18 +700,54 @@ export class BackupWriter {
     if (this.state !== 'finishing') throw new AbortedError(`backup ${this.backupId} was aborted`, { cause: this.failure });
   }
 
-  /** Best effort: removes the objects this backup wrote (gc would find them otherwise). Never throws. */
+  /**
+   * Best effort: removes the objects this backup wrote (gc would find them otherwise), durably (the container is
+   * synced after the deletes: a storage failing now could otherwise bring them back after a crash). What it could not
+   * remove for sure is in `leftBehind`. Never throws.
+   */
   private async cleanup(): Promise<void> {
     clearInterval(this.leaseTimer);
     await this.prepared?.catch(() => undefined); // a lease being taken
     await this.tail.catch(() => undefined);
     while (this.putsRunning > 0) await new Promise<void>((resolve) => this.putWaiters.push(resolve));
-    // Once a delete failed (after the store's retries) the store is taken to be away: the rest is left, not retried.
-    for (const name of this.written.splice(0)) {
-      if (this.left > 0) this.left += 1;
-      else await this.store.delete(this.container, name).catch(() => { this.left += 1; });
+    const names = this.written.splice(0);
+    const lease = this.leaseAt !== undefined ? [this.leaseObjectName()] : [];
+    let failure: unknown;
+    const deleted: string[] = []; // not those that were never there (a put that failed)
+    for (const name of names) {
+      // Once a delete failed (after the store's retries) the store is taken to be away: the rest is left, not retried.
+      if (failure !== undefined) {
+        this.unremoved.push(name);
+        continue;
+      }
+      await this.store.delete(this.container, name).then(
+        (existed) => { if (existed) deleted.push(name); },
+        (error: unknown) => { this.unremoved.push(name); failure ??= error ?? new Error('delete failed'); });
     }
-    if (!await this.releaseLease(this.left > 0)) this.left += 1;
+    const leaseError = await this.releaseLease(failure);
+    if (leaseError !== undefined) {
+      this.unremoved.push(...lease);
+      failure ??= leaseError;
+    }
+    if (names.length + lease.length > 0 && failure === undefined && this.store.syncContainer) {
+      await this.store.syncContainer(this.container).catch((error: unknown) => {
+        this.unremoved.splice(0, this.unremoved.length, ...new Set([...this.unremoved, ...deleted, ...lease]));
+        failure ??= error;
+      });
+    }
+    if (failure !== undefined) {
+      log.warn({ backupId: this.backupId, objects: this.unremoved.length, err: failure }, 'could not remove what a failed backup wrote');
+      this.cleanupFailure = failure;
+    }
+  }
+
+  /**
+   * After abort() or a failed finish(): the objects (and lease) of this backup its cleanup could not remove for
+   * sure, with the first error; empty when everything it wrote is durably gone. They belong to no backup: whoever
+   * journaled it removes them later, else gc.
+   */
+  get leftBehind(): { objects: readonly string[]; error: unknown } {
+    return { objects: this.unremoved, error: this.cleanupFailure };
   }
 
   /** Stops the backup: no _metadata is written, objects written so far are removed (best effort). Never throws. */

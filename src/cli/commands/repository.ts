@@ -10,6 +10,11 @@ import { formatBytes } from '../progress.js';
 import { scrubCommand } from './retention.js';
 import { restoreThroughProvider } from './provider.js';
 
+/** Whether every problem of a verify is an object the store could not read (none a mismatch or a missing object). */
+function unreadOnly(problems: readonly { error: FleeceError }[]): boolean {
+  return problems.length > 0 && problems.every((p) => p.error.code === 'STORE');
+}
+
 // The app's repository code loads in the action of the command that runs (start-up stays small: lazy imports).
 const repositoryApp = () => import('../../app/repository-operations.js');
 
@@ -232,7 +237,13 @@ Examples:
         ctx.printJson({ ...report, problems: report.problems.map((p) => ({ backupId: p.backupId, object: p.object, message: p.message })) });
       } else {
         for (const p of report.problems) ctx.print(`problem: backup ${p.backupId}: ${p.object}: ${p.message}`);
-        ctx.print(`backup ${record.backupId}: ${report.ok ? 'OK' : 'DAMAGED'} (${report.backups.length} backup(s) in the chain, ${report.objectsChecked} objects, ${formatBytes(report.bytesChecked)} checked)`);
+        const state = report.ok ? 'OK' : unreadOnly(report.problems) ? 'NOT VERIFIED (objects could not be read)' : 'DAMAGED';
+        ctx.print(`backup ${record.backupId}: ${state} (${report.backups.length} backup(s) in the chain, ${report.objectsChecked} objects, ${formatBytes(report.bytesChecked)} checked)`);
+      }
+      if (!report.ok && unreadOnly(report.problems)) {
+        // The storage failed (EIO, a network error…), not the data: saying "damaged" would send the user to restore
+        // an older backup, when the first thing to do is to fix the storage and verify again.
+        throw new FleeceError('STORE', `backup ${record.backupId} could not be verified: ${report.problems.length} object(s) could not be read (first: ${report.problems[0]!.message})`);
       }
       if (!report.ok) {
         throw new IntegrityError(`backup ${record.backupId} failed verification with ${report.problems.length} problem(s)`, {

@@ -17,6 +17,22 @@ const TEMP_SUFFIX = '.tmp';
 /** Piece size of getStream. */
 const STREAM_PIECE = 1 << 20;
 
+/** The system errors a repository on a file system meets, in words, with what to do. */
+const KNOWN_ERRNO: Record<string, { what: string; hint: string }> = {
+  ENOSPC: {
+    what: 'its file system is full',
+    hint: 'free space there (fleece prune removes old backups, fleece gc what no backup lists) or grow the file system, then take the backup again',
+  },
+  EDQUOT: { what: 'the disk quota is used up', hint: 'raise the quota or free space (fleece prune, fleece gc), then take the backup again' },
+  EIO: {
+    what: 'the storage under it reported an I/O error',
+    hint: 'check the disk and the file system (dmesg, SMART, fsck) before the next backup, then run fleece verify on the backups you rely on',
+  },
+  EACCES: { what: 'permission denied', hint: 'check the permissions of the repository directory' },
+  EPERM: { what: 'operation not permitted', hint: 'check the permissions of the repository directory' },
+  EROFS: { what: 'its file system is read-only', hint: 'remount it read-write (after an fsck if it went read-only by itself)' },
+};
+
 function errnoOf(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException | undefined)?.code;
 }
@@ -117,11 +133,10 @@ export class FsObjectStore implements ObjectStore, HoldsRootObjects {
     if (error instanceof StoreError || error instanceof ObjectNotFoundError) throw error;
     const errno = errnoOf(error);
     const what = name === undefined ? container : `${container}/${name}`;
-    const hint = errno === 'ENOSPC' ? 'free space on the repository file system'
-      : errno === 'EACCES' || errno === 'EPERM' ? 'check the permissions of the repository directory'
-      : errno === 'EROFS' ? 'the repository file system is read-only' : undefined;
-    throw new StoreError(`cannot ${action} ${what} in the repository at ${this.root}: ${errno ?? String(error)}`, {
-      cause: error, errno, hint,
+    const known = errno === undefined ? undefined : KNOWN_ERRNO[errno];
+    const why = known ? `${known.what} (${errno})` : errno ?? String(error);
+    throw new StoreError(`cannot ${action} ${what} in the repository at ${this.root}: ${why}`, {
+      cause: error, errno, hint: known?.hint,
     });
   }
 
@@ -142,14 +157,22 @@ export class FsObjectStore implements ObjectStore, HoldsRootObjects {
     }
   }
 
-  /** One fsync of the container's directory makes every rename in it so far durable. Throws StoreError. */
+  /**
+   * One fsync of the container's directory makes every rename and removal in it so far durable. When deletes
+   * removed the container itself (pruneEmpty), the nearest directory still there is synced: it holds the removal.
+   * Throws StoreError.
+   */
   async syncContainer(container: string, options: StoreCallOptions = {}): Promise<void> {
     checkObjectPath(this.root, container);
     throwIfAborted(options.signal, `syncing ${container}`);
-    try {
-      await fsyncDirectory(join(this.root, container));
-    } catch (error) {
-      this.fail('sync', container, undefined, error);
+    const segments = container.split('/');
+    for (let i = segments.length; i >= 0; i--) {
+      try {
+        await fsyncDirectory(join(this.root, ...segments.slice(0, i)));
+        return;
+      } catch (error) {
+        if (errnoOf(error) !== 'ENOENT' || i === 0) this.fail('sync', container, undefined, error);
+      }
     }
   }
 

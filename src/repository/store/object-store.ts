@@ -24,7 +24,8 @@ export interface ObjectStore {
   put(container: string, name: string, data: Uint8Array | AsyncIterable<Uint8Array>, options?: PutOptions): Promise<void>;
   /**
    * Makes the names of every object put into `container` with `deferContainerSync` durable (after their puts
-   * resolved). Optional: a store without it makes every put durable by itself. Throws StoreError.
+   * resolved), and the deletes done in it so far. Optional: a store without it makes every put and delete durable
+   * by itself. Throws StoreError.
    */
   syncContainer?(container: string, options?: StoreCallOptions): Promise<void>;
   /** Reads a whole object. Throws ObjectNotFoundError when missing, StoreError otherwise. */
