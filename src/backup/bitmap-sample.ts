@@ -126,31 +126,61 @@ export interface SampleResult {
   mismatch?: { block: number; offset: number; expected: string; actual: string };
 }
 
+/** Every sampled block read, in ascending order, with its length (the disk's last block may be short) and sha256. */
+export interface HashedSample {
+  blockSize: number;
+  blocks: number[];
+  lengths: number[];
+  /** 32 bytes per block, in the order of `blocks`. */
+  digests: Buffer;
+}
+
 /**
  * Hashes each `blockSize` block of `pieces` (ascending, block-aligned, as readExtents yields the ranges of
- * runsToRanges) and compares it with `expected(block)`, the sha256 the chain holds for it; stops at the first
- * difference. Throws what `pieces` throws.
+ * runsToRanges): what compareHashed then holds against the chain. Needs nothing of the chain, so it can run while the
+ * parent's sha256s load. Throws what `pieces` throws, InvalidInputError for a piece not starting a block.
  */
+export async function hashSample(pieces: AsyncIterable<{ offset: number; data: Uint8Array }>, blockSize: number): Promise<HashedSample> {
+  const blocks: number[] = [];
+  const lengths: number[] = [];
+  const digests: Buffer[] = [];
+  for await (const piece of pieces) {
+    if (piece.offset % blockSize !== 0) throw new InvalidInputError(`sampled piece at ${piece.offset} does not start a block of ${blockSize} bytes`);
+    for (let at = 0; at < piece.data.length; at += blockSize) {
+      const data = piece.data.subarray(at, Math.min(piece.data.length, at + blockSize));
+      blocks.push((piece.offset + at) / blockSize);
+      lengths.push(data.length);
+      digests.push(createHash('sha256').update(data).digest());
+    }
+  }
+  return { blockSize, blocks, lengths, digests: Buffer.concat(digests) };
+}
+
+/**
+ * Compares each hashed block with `expected(block)`, the sha256 the chain holds for it, in ascending order; stops at
+ * the first difference (`blocks` and `bytes` count up to it).
+ */
+export function compareHashed(sample: HashedSample, expected: (block: number) => Uint8Array): SampleResult {
+  const result: SampleResult = { blocks: 0, bytes: 0 };
+  for (let i = 0; i < sample.blocks.length; i++) {
+    const block = sample.blocks[i]!;
+    const actual = sample.digests.subarray(i * 32, i * 32 + 32);
+    result.blocks++;
+    result.bytes += sample.lengths[i]!;
+    const want = expected(block);
+    if (!actual.equals(want)) {
+      result.mismatch = { block, offset: block * sample.blockSize, expected: Buffer.from(want).toString('hex'), actual: actual.toString('hex') };
+      return result;
+    }
+  }
+  return result;
+}
+
+/** hashSample, then compareHashed. Throws what `pieces` throws. */
 export async function compareSample(
   pieces: AsyncIterable<{ offset: number; data: Uint8Array }>,
   blockSize: number,
   expected: (block: number) => Uint8Array,
 ): Promise<SampleResult> {
-  const result: SampleResult = { blocks: 0, bytes: 0 };
-  for await (const piece of pieces) {
-    if (piece.offset % blockSize !== 0) throw new InvalidInputError(`sampled piece at ${piece.offset} does not start a block of ${blockSize} bytes`);
-    for (let at = 0; at < piece.data.length; at += blockSize) {
-      const data = piece.data.subarray(at, Math.min(piece.data.length, at + blockSize));
-      const block = (piece.offset + at) / blockSize;
-      const actual = createHash('sha256').update(data).digest();
-      result.blocks++;
-      result.bytes += data.length;
-      const want = expected(block);
-      if (!actual.equals(want)) {
-        result.mismatch = { block, offset: block * blockSize, expected: Buffer.from(want).toString('hex'), actual: actual.toString('hex') };
-        return result;
-      }
-    }
-  }
-  return result;
+  return compareHashed(await hashSample(pieces, blockSize), expected);
 }

@@ -29,8 +29,8 @@ import { CheckpointBitmapInvalidError, type ControlPlane, type DiskExport, type 
 import type { CheckpointCheck } from '../checkpoint/manager.js';
 import { chooseBackupLevel, fallBackToCompare, type DiskLevel, type LevelDecision, type RequestedLevel } from './level.js';
 import {
-  DEFAULT_VERIFY_BITMAP_PERCENT, checkVerifyPercent, cleanBlockRuns, compareSample, runsToRanges, sampleBlocks, systemRandom,
-  type Random, type SampleResult,
+  DEFAULT_VERIFY_BITMAP_PERCENT, checkVerifyPercent, cleanBlockRuns, compareHashed, hashSample, runsToRanges, sampleBlocks, systemRandom,
+  type HashedSample, type Random,
 } from './bitmap-sample.js';
 import type { BackupJournal, JournalEffect } from './journal.js';
 import { volumeIdFor } from './volume-id.js';
@@ -174,23 +174,24 @@ function markBitmapInvalid(checks: readonly CheckpointCheck[], error: Checkpoint
 }
 
 /**
- * Reads a random sample of the blocks the bitmap calls clean (outside `dirty`) and compares each with the sha256
- * the parent's _sha256file holds for it, as `writer` inherited it (every backup's _sha256file lists every block).
+ * Reads a random sample of the blocks the bitmap calls clean (outside `dirty`) and hashes them, for compareHashed
+ * against the sha256s the parent's _sha256file holds (every backup's _sha256file lists every block). Needs nothing of
+ * the parent, so it runs while the writer loads them. At most 16 requests of 256 KiB in flight (4 MiB).
  * Throws NbdError, AbortedError.
  */
-async function sampleCleanBlocks(
-  source: NbdSource, writer: BackupWriter, dirty: readonly { offset: number; length: number }[], size: number,
+async function readSample(
+  source: NbdSource, blockSize: number, dirty: readonly { offset: number; length: number }[], size: number,
   percent: number, random: Random, limiter: RateLimiter | undefined, signal: AbortSignal,
-): Promise<SampleResult> {
-  const blockSize = writer.shaBlockSize;
+): Promise<HashedSample> {
   const ranges = runsToRanges(sampleBlocks(cleanBlockRuns(dirty, size, blockSize), percent, random), blockSize, size);
+  const maxRequest = Math.max(blockSize, 256 * 1024 - (256 * 1024) % blockSize);
   const pieces = async function* () {
-    for await (const piece of readExtents(source, ranges, { maxRequest: Math.max(blockSize, 1024 * 1024 - (1024 * 1024) % blockSize), concurrency: 4, signal })) {
+    for await (const piece of readExtents(source, ranges, { maxRequest, concurrency: 16, signal })) {
       if (limiter) await limiter.take(piece.length, signal);
       yield piece;
     }
   };
-  return compareSample(pieces(), blockSize, (block) => writer.parentDigest(block));
+  return hashSample(pieces(), blockSize);
 }
 
 /** What a compare backup reads: the allocated extents, or the whole disk when the export has no base:allocation. */
@@ -199,6 +200,16 @@ async function wholeDiskExtents(source: NbdSource, size: number, signal: AbortSi
   const extents: DiskPlan['extents'] = [];
   for await (const e of allocatedExtents(source, { signal })) extents.push({ offset: e.offset, length: e.length, zero: e.zero });
   return extents;
+}
+
+/**
+ * An incremental whose bitmaps mark at most this much is hashed by one worker: a second one would cost more CPU to
+ * boot than it saves (a bitmap found wrong then makes a compare backup on that one worker).
+ */
+const SMALL_INCREMENTAL_BYTES = 16 * 1024 * 1024;
+
+function smallIncremental(plan: DiskPlan): boolean {
+  return plan.level.level === 'incremental' && plan.bytesTotal <= SMALL_INCREMENTAL_BYTES;
 }
 
 /** A checkpoint name from the clock: `fleece-20250102T030405.678Z`. */
@@ -289,8 +300,10 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   const quiesce: QuiesceMode = options.quiesce === true ? 'yes' : options.quiesce === false || options.quiesce === undefined ? 'no' : options.quiesce;
   throwIfAborted(signal, `the backup of VM '${vm}'`);
   const repo = typeof options.repo === 'string' ? await openRepository(options.repo) : options.repo;
-  // The writers' hashing/compression workers boot while the point in time is taken.
-  prestartWorkers();
+  // The writers' hashing/compression workers boot while the point in time is taken: one now, the others once the
+  // level says a full (or the bitmaps a big incremental). Booting a worker costs ~0.1 s of CPU, more than hashing a
+  // small incremental on one.
+  prestartWorkers(1);
 
   // 1. Level: the VM's disks, checkpoints and their state, and what the repository holds.
   const inspection = await plane.inspect(signal ? { signal } : {});
@@ -305,6 +318,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
   });
   let decision = decide();
   const levelOf = (target: string) => decision.disks.find((d) => d.target === target)!;
+  if (decision.disks.some((d) => d.level !== 'incremental')) prestartWorkers();
 
   // 2. The new checkpoint covers the disks that can hold a bitmap.
   const bitmapDisks = disks.filter((d) => d.format === 'qcow2').map((d) => d.target);
@@ -408,6 +422,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
       plan.bytesTotal = plan.extents.reduce((n, e) => n + (e.zero ? 0 : e.length), 0);
     }
     let totalBytes = plans.reduce((n, p) => n + p.bytesTotal, 0);
+    if (plans.some((p) => !smallIncremental(p))) prestartWorkers();
     let totalDone = 0;
     emit({ type: 'started', checkpoint: checkpointName, groupId, disks: plans.map((p) => ({ disk: p.disk.target, bytesTotal: p.bytesTotal })) });
     for (const p of plans) hooks.onProgress?.({ disk: p.disk.target, bytesDone: 0, bytesTotal: p.bytesTotal, totalDone: 0, totalBytes });
@@ -418,9 +433,20 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
       const backupId = randomUUID();
       const volumeId = volumeIdFor(vm, disk.target);
       const created = new Date();
+      // Bitmap distrust: a sample of the blocks the bitmap calls clean, read and hashed while the writer loads the
+      // parent's sha256s (startBackup), then compared with them.
+      const sampling = plan.level.level === 'incremental' && plan.dirty && verifyPercent > 0
+        ? { started: performance.now(), hashed: readSample(source!, plan.parent?.shaBlockSize ?? DEFAULT_SHA_BLOCK_SIZE, plan.dirty, exp.size, verifyPercent, random, limiter, inner.signal) }
+        : undefined;
+      sampling?.hashed.catch(() => undefined); // awaited below, or settled before an error is thrown
+      const stopSampling = async (error: unknown) => {
+        inner.abort(error);
+        await sampling?.hashed.catch(() => undefined);
+        throw error;
+      };
       if (options.journal && typeof options.repo === 'string') {
         const effect = { kind: 'repository-backup' as const, repo: options.repo, backupId, container: repo.backupContainer(volumeId, created, backupId) };
-        journaled.set(backupId, { id: await options.journal.record(effect), effect });
+        journaled.set(backupId, { id: await options.journal.record(effect).catch(stopSampling), effect });
       }
       const writer = await repo.startBackup({
         backupId,
@@ -434,19 +460,22 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
         ...(checkpointName ? { checkpoint: checkpointName } : {}),
         ...(plan.level.level === 'incremental' ? { incrementalFrom: plan.level.checkpoint } : {}),
         ...(inspection.guestConfig ? { guestConfig: inspection.guestConfig } : {}),
+        ...(smallIncremental(plan) ? { workers: 1 } : {}),
         groupId,
         signal: inner.signal,
-      });
+      }).catch(stopSampling);
       writers.add(writer);
       try {
-        if (plan.level.level === 'incremental' && plan.dirty && verifyPercent > 0) {
-          // Bitmap distrust: a sample of the blocks the bitmap calls clean against the parent's sha256s (which the
-          // writer has just loaded); a difference makes this disk a compare backup, in the same point in time.
+        if (sampling && plan.level.level === 'incremental' && plan.dirty) {
+          // A difference from the parent's sha256s (which the writer has just loaded) makes this disk a compare
+          // backup, in the same point in time.
           const { checkpoint } = plan.level;
-          const started = performance.now();
-          const sample = await sampleCleanBlocks(source!, writer, plan.dirty, exp.size, verifyPercent, random, limiter, inner.signal);
+          let hashed = await sampling.hashed;
+          // a Cinder-written parent records no sha block size: its _sha256file's says what the writer uses
+          if (hashed.blockSize !== writer.shaBlockSize) hashed = await readSample(source!, writer.shaBlockSize, plan.dirty, exp.size, verifyPercent, random, limiter, inner.signal);
+          const sample = compareHashed(hashed, (block) => writer.parentDigest(block));
           plan.bitmapCheck = {
-            checkpoint, percent: verifyPercent, blocks: sample.blocks, bytes: sample.bytes, durationMs: Math.round(performance.now() - started),
+            checkpoint, percent: verifyPercent, blocks: sample.blocks, bytes: sample.bytes, durationMs: Math.round(performance.now() - sampling.started),
             ...(sample.mismatch ? { mismatchOffset: sample.mismatch.offset } : {}),
           };
           log.debug({ vm, disk: disk.target, ...plan.bitmapCheck }, 'bitmap sample checked');

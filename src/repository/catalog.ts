@@ -103,7 +103,7 @@ export async function scanCatalog(store: ObjectStore, signal?: AbortSignal): Pro
   const problems: ScanProblem[] = [];
   for await (const container of store.listContainers({ signal })) {
     throwIfAborted(signal, 'scanning the repository');
-    for (const info of await store.list(container, '', { signal })) {
+    for (const info of await store.list(container, '', { signal, suffix: '_metadata' })) {
       const prefix = prefixOfMetadataName(info.name);
       if (prefix === undefined) continue;
       try {

@@ -40,6 +40,12 @@ function isZero(buf: Buffer, start: number, end: number): boolean {
   return true;
 }
 
+/** Whether the digest at `at` in `buf` is `digest` (a loop: most differ in their first byte, cheaper than a compare call). */
+function isDigest(buf: Buffer, at: number, digest: Buffer): boolean {
+  for (let k = 0; k < DIGEST_BYTES; k++) if (buf[at + k] !== digest[k]) return false;
+  return true;
+}
+
 /**
  * Sha256 digests by block index with memory bounded by `memoryLimit` (then `cacheBytes`) whatever the disk
  * size. Pages never written read as "never set" and resolve to the default digest without any I/O. Access is
@@ -223,7 +229,7 @@ export class DigestTable {
         allDefault = true;
         for (let i = 0; i < n && allDefault; i++) {
           const at = from + i * DIGEST_BYTES;
-          if (src.compare(this.defaultFor(b + i)!, 0, DIGEST_BYTES, at, at + DIGEST_BYTES) !== 0) allDefault = false;
+          if (!isDigest(src, at, this.defaultFor(b + i)!)) allDefault = false;
         }
       }
       if (allDefault && !this.pages.has(p) && !this.onDisk.has(p)) { b += n; continue; } // stays "never set"
@@ -232,7 +238,7 @@ export class DigestTable {
       if (this.defaults) {
         for (let i = 0; i < n; i++) {
           const at = (within + i) * DIGEST_BYTES;
-          if (allDefault || page.buf.compare(this.defaultFor(b + i)!, 0, DIGEST_BYTES, at, at + DIGEST_BYTES) === 0) page.buf.fill(0, at, at + DIGEST_BYTES);
+          if (allDefault || isDigest(page.buf, at, this.defaultFor(b + i)!)) page.buf.fill(0, at, at + DIGEST_BYTES);
         }
       }
       b += n;
@@ -248,7 +254,7 @@ export class DigestTable {
     const at = (block - p * PAGE_DIGESTS) * DIGEST_BYTES;
     if (isZero(page, at, at + DIGEST_BYTES)) return true;
     const d = this.defaultFor(block);
-    return d !== undefined && page.compare(d, 0, DIGEST_BYTES, at, at + DIGEST_BYTES) === 0;
+    return d !== undefined && isDigest(page, at, d);
   }
 
   /** The first block in [from, end) whose digest is not its default, or `end`; skips never-written pages without I/O. */

@@ -288,7 +288,7 @@ export class Repository {
   private async locate(backupId: string, signal?: AbortSignal, fresh = false): Promise<{ container: string; name: string } | undefined> {
     if (this.layout !== 's3') {
       const container = containerFor(backupId);
-      const names = (await this.store.list(container, '', { signal })).map((o) => o.name)
+      const names = (await this.store.list(container, '', { signal, suffix: `_backup_${backupId}_metadata` })).map((o) => o.name)
         .filter((n) => n.endsWith(`_backup_${backupId}_metadata`));
       if (names.length > 1) throw new IntegrityError(`container ${container} holds ${names.length} manifests for backup ${backupId}`, { hint: 'remove the stray one' });
       return names[0] === undefined ? undefined : { container, name: names[0] };

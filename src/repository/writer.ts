@@ -275,10 +275,14 @@ export class BackupWriter {
    */
   prepare(): Promise<void> {
     const load = this.options.parent?.load;
-    this.prepared ??= (async () => {
-      await this.takeLease();
-      if (load) await load((first, digests) => this.inherit(first, digests));
-    })();
+    // The lease must exist before the first object, not before the parent is read: both at once. Settled only once
+    // both are (an abort's cleanup then finds the lease put, or not).
+    this.prepared ??= Promise.allSettled([
+      this.takeLease(),
+      load ? load((first, digests) => this.inherit(first, digests)) : undefined,
+    ]).then((results) => {
+      for (const r of results) if (r.status === 'rejected') throw r.reason;
+    });
     return this.prepared;
   }
 

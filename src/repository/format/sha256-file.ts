@@ -49,27 +49,10 @@ export function* sha256FileText(header: Sha256FileHeader, digests: Buffer | Dige
     + `  "created_at": ${pythonJsonString(header.created_at)},\n`;
   head += count === 0 ? '  "sha256s": [],\n' : '  "sha256s": [';
   let piece = Buffer.from(head, 'latin1');
-  const perLine = 4 + 2 + 64 + 2; // ",\n    " + quotes + hex
-  const linesPerPiece = Math.max(1, Math.floor(pieceBytes / perLine));
+  const linesPerPiece = Math.max(1, Math.floor(pieceBytes / LINE_BYTES));
   for (let i = 0; i < count; i += linesPerPiece) {
-    const end = Math.min(count, i + linesPerPiece);
-    const digestBytes = source.read(i, end - i);
-    // ASCII straight into a Buffer: no per-digest strings (a 2 TiB disk has 64 Mi of them)
-    const first = i === 0 ? 1 : 0; // the first line has no comma
-    const out = Buffer.allocUnsafe(piece.length + (end - i) * perLine - first);
-    let at = piece.copy(out, 0);
-    for (let b = 0; b < end - i; b++) {
-      if (b > 0 || !first) out[at++] = 0x2c;
-      out[at++] = 0x0a; out[at++] = 0x20; out[at++] = 0x20; out[at++] = 0x20; out[at++] = 0x20; out[at++] = 0x22;
-      const base = b * DIGEST_BYTES;
-      for (let k = 0; k < DIGEST_BYTES; k++) {
-        const v = digestBytes[base + k]!;
-        out[at++] = HEX_DIGITS[v >> 4]!;
-        out[at++] = HEX_DIGITS[v & 15]!;
-      }
-      out[at++] = 0x22;
-    }
-    yield out;
+    const lines = Math.min(count, i + linesPerPiece) - i;
+    yield digestLines(piece, source.read(i, lines), lines, i === 0);
     piece = Buffer.alloc(0);
   }
   let tail = count > 0 ? '\n  ],\n' : '';
@@ -77,7 +60,40 @@ export function* sha256FileText(header: Sha256FileHeader, digests: Buffer | Dige
   yield Buffer.concat([piece, Buffer.from(tail, 'latin1')]);
 }
 
-const HEX_DIGITS = Buffer.from('0123456789abcdef', 'latin1');
+/** `,\n    "` + 64 hex + `"`: one digest's line (the first has no comma). */
+const LINE_BYTES = 4 + 2 + 64 + 2;
+/** Two ASCII hex digits per byte value, as one 16-bit store (laid out byte by byte: any endianness). */
+const HEX_PAIRS = new Uint16Array(new Uint8Array(Buffer.from(Array.from({ length: 256 }, (_, v) => v.toString(16).padStart(2, '0')).join(''), 'latin1')).buffer);
+/** `"` `,` `\n` and four spaces then `"`: what comes between two digests' hex, as four 16-bit stores. */
+const BETWEEN16 = new Uint16Array(new Uint8Array(Buffer.from('",\n    "', 'latin1')).buffer);
+
+/**
+ * `prefix` then `lines` digest lines, as ASCII straight into one Buffer (no per-digest strings: a 2 TiB disk has
+ * 64 Mi of them). The buffer is placed so that every digest's hex starts at an even byte: then each pair of hex
+ * digits, and the 8 bytes between two digests, are 16-bit stores.
+ */
+function digestLines(prefix: Buffer, digests: Buffer, lines: number, first: boolean): Buffer {
+  const length = prefix.length + lines * LINE_BYTES - (first ? 1 : 0);
+  const hexStart = prefix.length + (first ? 6 : 7); // `\n    "` (and a comma unless first) before the first hex
+  const shift = hexStart & 1;
+  const mem = Buffer.allocUnsafeSlow(length + 2);
+  const u16 = new Uint16Array(mem.buffer, mem.byteOffset, (length + 2) >> 1);
+  const out = mem.subarray(shift, shift + length);
+  prefix.copy(out, 0);
+  // the first line's lead-in (`,` only when not the first line of the file), then its hex and the closing quote
+  let at = prefix.length;
+  if (!first) out[at++] = 0x2c;
+  out[at++] = 0x0a; out[at++] = 0x20; out[at++] = 0x20; out[at++] = 0x20; out[at++] = 0x20; out[at++] = 0x22;
+  let w = (hexStart + shift) >> 1; // in 16-bit words of `mem`
+  for (let b = 0; b < lines; b++) {
+    if (b > 0) { u16[w] = BETWEEN16[0]!; u16[w + 1] = BETWEEN16[1]!; u16[w + 2] = BETWEEN16[2]!; u16[w + 3] = BETWEEN16[3]!; w += 4; }
+    const base = b * DIGEST_BYTES;
+    for (let k = 0; k < DIGEST_BYTES; k++) u16[w + k] = HEX_PAIRS[digests[base + k]!]!;
+    w += DIGEST_BYTES;
+  }
+  out[length - 1] = 0x22;
+  return out;
+}
 
 /** An async iterable over sha256FileText, for ObjectStore.put. */
 export async function* sha256FileStream(header: Sha256FileHeader, digests: Buffer | DigestSource): AsyncGenerator<Buffer> {
@@ -87,9 +103,16 @@ export async function* sha256FileStream(header: Sha256FileHeader, digests: Buffe
 /** Receives digests in ascending block order; `digests` (n × 32 bytes) is only valid during the call. */
 export type DigestSink = (first: number, digests: Buffer) => void;
 
-const HEX = new Int8Array(256).fill(-1);
-for (let i = 0; i < 10; i++) HEX[0x30 + i] = i;
-for (let i = 0; i < 6; i++) HEX[0x61 + i] = 10 + i;
+/** The byte two lowercase hex digits stand for, by (first << 8 | second); -1 for anything else. Made on first use. */
+let HEX_PAIR_VALUES: Int16Array | undefined;
+function hexPairs(): Int16Array {
+  if (HEX_PAIR_VALUES) return HEX_PAIR_VALUES;
+  const table = new Int16Array(65536).fill(-1);
+  const digits = '0123456789abcdef';
+  for (let v = 0; v < 256; v++) table[(digits.charCodeAt(v >> 4) << 8) | digits.charCodeAt(v & 15)] = v;
+  HEX_PAIR_VALUES = table;
+  return table;
+}
 
 function isWs(c: number): boolean {
   return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
@@ -223,7 +246,16 @@ export class Sha256FileParser {
         }
         case 'item-comma-or-close':
           if (isWs(c)) break;
-          if (c === 0x2c) this.state = 'item';
+          if (c === 0x2c) {
+            // fast path: the next items (comma, whitespace, the quoted digest) wholly in this piece, without a state per byte
+            const after = this.items(buf, i, n);
+            if (after > i) {
+              this.offset += after - i;
+              i = after;
+              continue;
+            }
+            this.state = 'item';
+          }
           else if (c === 0x5d) this.endList();
           else throw this.syntax(c, '"," or "]" in sha256s');
           break;
@@ -238,14 +270,29 @@ export class Sha256FileParser {
     }
   }
 
+  /**
+   * Decodes the items `,` whitespace `"<64 hex>"` from `i` on while each lies wholly before `n`; returns where it
+   * stopped (`i` when none). A small loop of its own, so that it is optimised early (it runs once per process).
+   */
+  private items(buf: Uint8Array, i: number, n: number): number {
+    for (;;) {
+      if (buf[i] !== 0x2c) return i;
+      let j = i + 1;
+      while (j < n && isWs(buf[j]!)) j++;
+      if (j + 65 >= n || buf[j] !== 0x22 || buf[j + 65] !== 0x22) return i;
+      this.decodeInto(buf, j + 1);
+      i = j + 66;
+    }
+  }
+
   /** Decodes 64 lowercase hex characters at `at` into the batch; false when they are not. */
   private decodeInto(buf: Uint8Array, at: number): boolean {
     const out = this.batchFill * DIGEST_BYTES;
+    const pairs = hexPairs();
     for (let k = 0; k < DIGEST_BYTES; k++) {
-      const hi = HEX[buf[at + 2 * k]!]!;
-      const lo = HEX[buf[at + 2 * k + 1]!]!;
-      if (hi < 0 || lo < 0) throw this.fail(`sha256s[${this.count}] is not a hex sha256`);
-      this.batch[out + k] = (hi << 4) | lo;
+      const v = pairs[(buf[at + 2 * k]! << 8) | buf[at + 2 * k + 1]!]!;
+      if (v < 0) throw this.fail(`sha256s[${this.count}] is not a hex sha256`);
+      this.batch[out + k] = v;
     }
     this.count++;
     this.batchFill++;

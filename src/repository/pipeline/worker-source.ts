@@ -18,11 +18,15 @@ export const WORKER_SOURCE = String.raw`
 'use strict';
 const { parentPort, workerData, receiveMessageOnPort } = require('node:worker_threads');
 const crypto = require('node:crypto');
-const zlib = require('node:zlib');
-const childProcess = require('node:child_process');
-const zstd = require(workerData.zstdPath);
-const zstdBinding = require(workerData.zstdBindingPath);
-const bunzip = require(workerData.bunzipPath);
+// The codecs are loaded on first use: a worker boots while the backup takes its point in time, and an incremental
+// of codec none needs none of them (node:child_process alone pulls in net, dns and streams; seek-bzip only reads
+// Cinder's bz2 objects).
+let zlibModule = null, childProcessModule = null, zstdModule = null, zstdBindingModule = null, bunzipModule = null;
+const zlib = () => (zlibModule ??= require('node:zlib'));
+const childProcess = () => (childProcessModule ??= require('node:child_process'));
+const zstd = () => (zstdModule ??= require(workerData.zstdPath));
+const zstdBinding = () => (zstdBindingModule ??= require(workerData.zstdBindingPath));
+const bunzip = () => (bunzipModule ??= require(workerData.bunzipPath));
 // Multi-buffer md5 (native/md5-multi/md5-multi.cjs), or null: node:crypto. The pool has logged why it is off.
 let md5Multi = null;
 if (workerData.md5MultiPath) {
@@ -57,8 +61,8 @@ function isZero(view) {
 let cctx = null;
 let zstdScratch = Buffer.alloc(0);
 function compressZstd(data, level) {
-  cctx ??= new zstdBinding.CCtx();
-  const bound = zstdBinding.compressBound(data.length);
+  cctx ??= new (zstdBinding().CCtx)();
+  const bound = zstdBinding().compressBound(data.length);
   if (zstdScratch.length < bound) zstdScratch = Buffer.allocUnsafeSlow(bound);
   const n = cctx.compress(zstdScratch, data, level);
   if (n >= data.length) return null;
@@ -70,9 +74,9 @@ function compress(codec, level, data) {
   switch (codec) {
     case 'none': return null;
     case 'zstd': return compressZstd(data, level);
-    case 'zlib': return zlib.deflateSync(data, { level });
+    case 'zlib': return zlib().deflateSync(data, { level });
     case 'bz2': {
-      const r = childProcess.spawnSync('bzip2', ['-c', '-' + Math.min(9, Math.max(1, level))], { input: data, maxBuffer: data.length * 2 + (1 << 20) });
+      const r = childProcess().spawnSync('bzip2', ['-c', '-' + Math.min(9, Math.max(1, level))], { input: data, maxBuffer: data.length * 2 + (1 << 20) });
       if (r.status !== 0) throw new Error('bzip2 failed: ' + (r.stderr ? r.stderr.toString() : r.error));
       return r.stdout;
     }
@@ -82,9 +86,9 @@ function compress(codec, level, data) {
 function decompress(codec, data, length) {
   switch (codec) {
     case 'none': return data;
-    case 'zstd': return zstd.decompress(data);
-    case 'zlib': return zlib.inflateSync(data);
-    case 'bz2': return bunzip.decode(data);
+    case 'zstd': return zstd().decompress(data);
+    case 'zlib': return zlib().inflateSync(data);
+    case 'bz2': return bunzip().decode(data);
     default: throw new Error('unknown compression ' + codec);
   }
 }

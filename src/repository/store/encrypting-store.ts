@@ -5,7 +5,7 @@
 // they always saw (the compressed object whose md5 the manifest holds): only this layer knows about encryption.
 // Every data object's put and get must say its disk offset (`options.offset`), part of what it is sealed to.
 import { InvalidInputError } from '../../util/errors.js';
-import type { ObjectInfo, ObjectStore, PutOptions, StoreCallOptions } from './object-store.js';
+import type { ListOptions, ObjectInfo, ObjectStore, PutOptions, StoreCallOptions } from './object-store.js';
 import { canListAll, type ListedObject, type ListsEverything } from './listing-snapshot.js';
 import { openObject, sealObject, type ObjectPlace } from '../crypto/object-seal.js';
 
@@ -70,7 +70,7 @@ export class EncryptingStore implements ObjectStore, Partial<ListsEverything> {
     yield await this.get(container, name, options);
   }
 
-  list(container: string, prefix?: string, options?: StoreCallOptions): Promise<ObjectInfo[]> {
+  list(container: string, prefix?: string, options?: ListOptions): Promise<ObjectInfo[]> {
     return this.inner.list(container, prefix, options);
   }
 

@@ -8,7 +8,7 @@ import { throwIfAborted } from '../../util/errors.js';
 import { getLogger } from '../../util/logger.js';
 import {
   ObjectNotFoundError, StoreError, checkObjectPath,
-  type ObjectInfo, type ObjectStore, type PutOptions, type StoreCallOptions,
+  type ListOptions, type ObjectInfo, type ObjectStore, type PutOptions, type StoreCallOptions,
 } from './object-store.js';
 import type { HoldsRootObjects } from './root-objects.js';
 
@@ -226,7 +226,7 @@ export class FsObjectStore implements ObjectStore, HoldsRootObjects {
     }
   }
 
-  private async entries(container: string, temporary: boolean, prefix = ''): Promise<ObjectInfo[]> {
+  private async entries(container: string, temporary: boolean, prefix = '', suffix = ''): Promise<ObjectInfo[]> {
     checkObjectPath(this.root, container);
     const dir = join(this.root, container);
     let names: string[];
@@ -239,7 +239,7 @@ export class FsObjectStore implements ObjectStore, HoldsRootObjects {
     const out: ObjectInfo[] = [];
     for (const entry of names.sort()) {
       const isTemp = entry.startsWith('.') && entry.endsWith(TEMP_SUFFIX);
-      if (isTemp !== temporary || (!temporary && entry.startsWith('.')) || !entry.startsWith(prefix)) continue;
+      if (isTemp !== temporary || (!temporary && entry.startsWith('.')) || !entry.startsWith(prefix) || !entry.endsWith(suffix)) continue;
       try {
         const info = await stat(join(dir, entry));
         if (info.isFile()) out.push({ name: entry, size: info.size, modified: info.mtime });
@@ -250,8 +250,8 @@ export class FsObjectStore implements ObjectStore, HoldsRootObjects {
     return out;
   }
 
-  async list(container: string, prefix = ''): Promise<ObjectInfo[]> {
-    return this.entries(container, false, prefix);
+  async list(container: string, prefix = '', options: ListOptions = {}): Promise<ObjectInfo[]> {
+    return this.entries(container, false, prefix, options.suffix);
   }
 
   async listTemporary(container: string): Promise<ObjectInfo[]> {

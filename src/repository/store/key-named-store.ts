@@ -6,7 +6,7 @@
 // manifest>)`: over this view, with container `volume_<id>/<timestamp>`, the names it sees, writes and compares
 // are Cinder's own. Underneath, the inner store keeps its contract (names without '/'): the view splits each name
 // at its last '/', which must be the container. Nothing else changes.
-import { StoreError, type ObjectInfo, type ObjectStore, type PutOptions, type StoreCallOptions } from './object-store.js';
+import { StoreError, type ListOptions, type ObjectInfo, type ObjectStore, type PutOptions, type StoreCallOptions } from './object-store.js';
 import { canListAll, type ListedObject, type ListsEverything } from './listing-snapshot.js';
 
 export class KeyNamedStore implements ObjectStore, Partial<ListsEverything> {
@@ -48,7 +48,7 @@ export class KeyNamedStore implements ObjectStore, Partial<ListsEverything> {
   }
 
   /** `prefix` is '' or a key prefix in the container (`<container>/az_…`). */
-  async list(container: string, prefix = '', options?: StoreCallOptions): Promise<ObjectInfo[]> {
+  async list(container: string, prefix = '', options?: ListOptions): Promise<ObjectInfo[]> {
     const inner = prefix === '' ? '' : this.base(container, prefix);
     return this.full(container, await this.inner.list(container, inner, options));
   }

@@ -2,7 +2,7 @@
 //
 // What gc walks: whatever else sits in the directory or under the prefix (a file someone put there, another tool's
 // objects) is not listed, so it is never taken for garbage.
-import type { ObjectInfo, ObjectStore, PutOptions, StoreCallOptions } from './object-store.js';
+import type { ListOptions, ObjectInfo, ObjectStore, PutOptions, StoreCallOptions } from './object-store.js';
 import { isRepositoryPath } from '../marker.js';
 import type { RepositoryLayout } from '../format/naming.js';
 
@@ -26,7 +26,7 @@ export class LayoutView implements ObjectStore {
     return isRepositoryPath(`${container}/${name.slice(name.lastIndexOf('/') + 1)}`, this.layout);
   }
 
-  async list(container: string, prefix?: string, options?: StoreCallOptions): Promise<ObjectInfo[]> {
+  async list(container: string, prefix?: string, options?: ListOptions): Promise<ObjectInfo[]> {
     if (!isLayoutContainer(container, this.layout)) return [];
     return (await this.inner.list(container, prefix, options)).filter((o) => this.keep(container, o.name));
   }

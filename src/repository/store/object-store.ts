@@ -35,8 +35,8 @@ export interface ObjectStore {
    * big disk). Iterating throws ObjectNotFoundError when missing, StoreError otherwise, AbortedError on abort.
    */
   getStream(container: string, name: string, options?: StoreCallOptions): AsyncIterable<Buffer>;
-  /** Lists committed objects by name prefix. Throws StoreError. */
-  list(container: string, prefix?: string, options?: StoreCallOptions): Promise<ObjectInfo[]>;
+  /** Lists committed objects by name prefix (see ListOptions.suffix). Throws StoreError. */
+  list(container: string, prefix?: string, options?: ListOptions): Promise<ObjectInfo[]>;
   /** Removes an object; true when it existed. Throws StoreError. */
   delete(container: string, name: string, options?: StoreCallOptions): Promise<boolean>;
   /** Whether a committed object exists. Throws StoreError. */
@@ -53,6 +53,15 @@ export interface StoreCallOptions {
   signal?: AbortSignal;
   /** A data object's disk offset (from its manifest entry): what an encrypted repository binds it to. */
   offset?: number;
+}
+
+export interface ListOptions extends StoreCallOptions {
+  /**
+   * Only objects whose names end so are wanted. A hint: a store may list others too (callers filter by name
+   * anyway); the posix store then stats only these (a full backup's container holds hundreds of objects, and every
+   * scan of the catalog lists every container).
+   */
+  suffix?: string;
 }
 
 export interface PutOptions extends StoreCallOptions {

@@ -1,7 +1,7 @@
 // RetryStore: retries transient store failures with exponential backoff and full jitter, around any ObjectStore.
 import { AbortedError, throwIfAborted } from '../../util/errors.js';
 import { getLogger } from '../../util/logger.js';
-import type { ObjectInfo, ObjectStore, PutOptions, StoreCallOptions } from './object-store.js';
+import type { ListOptions, ObjectInfo, ObjectStore, PutOptions, StoreCallOptions } from './object-store.js';
 import { canListAll, type ListedObject, type ListsEverything } from './listing-snapshot.js';
 
 const log = getLogger('repository.retry');
@@ -115,7 +115,7 @@ export class RetryStore implements ObjectStore, Partial<ListsEverything> {
     return retryIterable(`reading ${container}/${name}`, () => this.inner.getStream(container, name, options), this.policy, options.signal);
   }
 
-  list(container: string, prefix?: string, options: StoreCallOptions = {}): Promise<ObjectInfo[]> {
+  list(container: string, prefix?: string, options: ListOptions = {}): Promise<ObjectInfo[]> {
     return withRetry(`listing ${container}`, () => this.inner.list(container, prefix, options), this.policy, options.signal);
   }
 

@@ -87,14 +87,36 @@ sys.stdout.write(json.dumps(d, indent="\\t", sort_keys=False, separators=(" ,", 
     await expect(readSha256Stream(pieces(), WHERE, undefined, ac.signal)).rejects.toThrow(/abort/);
   });
 
+  it('writes what Python json.dumps(sort_keys=True, indent=2) writes, in pieces of any size, whatever the header length', () => {
+    const many = randomBytes(300 * 32);
+    // header lengths of both parities (the writer aligns the hex to even bytes) and pieces of 1, 2 and 7 lines
+    for (const id of ['abcd', 'abcde']) {
+      const h = { ...header, backup_id: id };
+      const py = execFileSync('python3', ['-c', `
+import json, sys
+d = json.loads(sys.stdin.read())
+sys.stdout.write(json.dumps(d, sort_keys=True, indent=2))
+`], { input: JSON.stringify({ ...h, sha256s: [...Array(300).keys()].map((i) => many.toString('hex', i * 32, i * 32 + 32)) }) });
+      for (const pieceBytes of [1, 72 * 2, 72 * 7, 1 << 20]) {
+        const pieces = [...sha256FileText(h, many, pieceBytes)];
+        expect(Buffer.concat(pieces).equals(py)).toBe(true);
+        expect(parse(pieces).digests.equals(many)).toBe(true);
+      }
+    }
+  });
+
   const good = text.toString('latin1');
   const firstHex = digests.toString('hex', 0, 32);
+  const thirdHex = digests.toString('hex', 64, 96);
   it.each([
     ['truncated in the list', good.slice(0, good.indexOf(firstHex) + 30), /not JSON/],
     ['truncated after the list', good.slice(0, good.length - 5), /not JSON/],
     ['a digest one character short', good.replace(firstHex, firstHex.slice(1)), /sha256s\[0\] is not a hex sha256/],
     ['an uppercase digest', good.replace(firstHex, firstHex.toUpperCase()), /sha256s\[0\] is not a hex sha256/],
     ['a non-hex digest', good.replace(firstHex, `z${firstHex.slice(1)}`), /sha256s\[0\] is not a hex sha256/],
+    ['a later digest one character short', good.replace(thirdHex, thirdHex.slice(1)), /sha256s\[2\] is not a hex sha256/],
+    ['a later uppercase digest', good.replace(thirdHex, thirdHex.toUpperCase()), /sha256s\[2\] is not a hex sha256/],
+    ['a later non-hex digest', good.replace(thirdHex, `${thirdHex.slice(0, 63)}g`), /sha256s\[2\] is not a hex sha256/],
     ['a number in the list', good.replace(`"${firstHex}"`, '12'), /sha256s\[0\] is not a hex sha256/],
     ['a trailing comma in the list', good.replace('\n  ],', ',\n  ],'), /sha256s\[5\] is not a hex sha256/],
     ['sha256s not a list', good.replace(/"sha256s": \[[^\]]*\]/, '"sha256s": "x"'), /sha256s is not a list/],
