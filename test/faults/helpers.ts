@@ -1,0 +1,47 @@
+// Shared by the fault suite's cases: a CLI paused at a phase (FLEECE_TEST_PAUSE_AT), the backup containers of a
+// posix repository, what a fleece state directory still holds.
+import { execa, type ResultPromise } from 'execa';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CLI, cliEnv } from '../e2e/helpers.js';
+
+/** The backup containers (`xx/yy/<id>`) in a posix repository. */
+export async function containers(repo: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const a of await readdir(repo).catch(() => [])) {
+    if (a.startsWith('_') || a.startsWith('.')) continue;
+    for (const b of await readdir(join(repo, a)).catch(() => [])) {
+      for (const id of await readdir(join(repo, a, b)).catch(() => [])) out.push(id);
+    }
+  }
+  return out.sort();
+}
+
+/** Every file under `dir` (relative paths), sorted; [] when it does not exist. */
+export async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => !e.isDirectory()).map((e) => join(e.parentPath ?? e.path, e.name).slice(dir.length + 1)).sort();
+}
+
+export interface PausedCli {
+  /** The running CLI (await it for its result once resumed or killed). */
+  child: ResultPromise<{ reject: false }>;
+  /** What it printed on stderr so far. */
+  stderr(): string;
+}
+
+/** Starts `fleece ...args` paused at `phase`; resolves once it says so. */
+export async function pausedAt(dir: string, args: string[], phase: string): Promise<PausedCli> {
+  const child = execa(process.execPath, [CLI, ...args], {
+    env: { ...cliEnv(dir), FLEECE_TEST_PAUSE_AT: phase }, reject: false, timeout: 300_000,
+  });
+  let stderr = '';
+  await new Promise<void>((resolve, reject) => {
+    child.stderr!.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+      if (stderr.includes(`test pause at ${phase}`)) resolve();
+    });
+    child.then((r) => reject(new Error(`fleece ended (${r.exitCode}) before pausing at ${phase}: ${stderr}`)), reject);
+  });
+  return { child, stderr: () => stderr }; // wrapped: awaiting the execa promise itself would wait for the process to end
+}

@@ -1,0 +1,121 @@
+// Fault suite: QEMU killed (SIGKILL) while `fleece backup` reads its disk. The backup fails at once naming the VM and
+// that QEMU went away (exit 1), and before it exits removes what it wrote to the repository (no gc needed), its
+// scratch files, sockets and journal. The first backup still restores byte for byte. QEMU started again on the same
+// image finds the chain's persistent bitmap in use (never saved: QEMU died): the next backup must not build an
+// incremental on it, so it takes a full and says why; that backup restores as the disk is.
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createDisk, startQemuSystem, type QemuInstance } from '../harness/qemu.js';
+import { makeTempDir, removeTempDir } from '../harness/temp-dir.js';
+import { queryDisks } from '../../src/qemu/block-graph.js';
+import { leftovers, snapshotRaw } from '../integration/backup/helpers.js';
+import { runCli, runCliJson, type BackupJson } from '../e2e/helpers.js';
+import { injectFault } from './fault-count.js';
+import { containers, filesUnder, pausedAt } from './helpers.js';
+
+const MiB = 1024 * 1024;
+
+describe('fault suite: QEMU killed mid-read (bare QEMU)', () => {
+  let dir: string;
+  let qemu: QemuInstance;
+  const disk = () => join(dir, 'a.qcow2');
+  const repo = () => join(dir, 'repo');
+  const start = () => startQemuSystem({ disks: [{ path: disk(), target: 'vda' }], dir, extraQmpSockets: 1 });
+  const args = () => ['backup', 'vm1', '--qmp', qemu.extraQmpPaths[0]!, '--repo', repo()];
+  const write = async (command: string) => {
+    await qemu.guestWrite('vda', command);
+    await qemu.guestWrite('vda', 'flush');
+  };
+  const listed = () => runCliJson<{ backupId: string; checkpoint?: string }[]>(dir, ['list', '--repo', repo()]);
+
+  beforeAll(async () => {
+    dir = await makeTempDir('qemu-killed');
+    await createDisk(disk(), { size: 32 * MiB });
+    qemu = await start();
+  }, 60_000);
+  afterAll(async () => {
+    await qemu?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  /**
+   * Kills QEMU while the next backup reads, then checks (a) exit 1 naming the VM and that QEMU went away, (d) nothing
+   * of it in the repository (no gc), scratch, run or journal directory, (b) `earlier` restores byte for byte. Leaves
+   * QEMU started again on the same image.
+   */
+  async function killMidRead(name: string, earlier: BackupJson, earlierRaw: string) {
+    const paused = await pausedAt(dir, [...args(), '--bandwidth', '4M'], 'mid-read');
+    const fault = injectFault(name);
+    await qemu.kill();
+    paused.child.kill('SIGUSR2');
+    const result = await paused.child;
+    expect({ code: result.exitCode, stderr: String(result.stderr) }).toEqual({
+      code: 1, stderr: expect.stringMatching(/fleece: the backup of VM 'vm1' failed: QEMU went away \(its QMP connection .* closed/),
+    });
+    expect(await containers(repo())).toEqual((await listed()).map((r) => r.backupId).sort());
+    expect(await filesUnder(join(dir, 'state', 'scratch'))).toEqual([]);
+    expect(await filesUnder(join(dir, 'state', 'journal'))).toEqual([]);
+    expect(await filesUnder(join(dir, 'run'))).toEqual([]);
+    const out = join(dir, `restored-${Date.now()}.raw`);
+    expect((await runCli(dir, ['restore', '--repo', repo(), '--backup', earlier.disks[0]!.backupId, '--out', out])).exitCode).toBe(0);
+    expect((await readFile(out)).equals(await readFile(earlierRaw))).toBe(true);
+    await qemu.stop();
+    qemu = await start();
+    return fault;
+  }
+
+  /** (c), (e): the next backup succeeds, never incremental on `checkpoint`, says why; it restores as the disk is. */
+  async function nextBackupReadsWhole(checkpoint: string, why: RegExp): Promise<BackupJson> {
+    const kept = [...(await leftovers(qemu.client)).bitmaps.vda!];
+    const next = await runCli(dir, [...args(), '--json']);
+    expect({ code: next.exitCode, stderr: next.exitCode === 0 ? '' : next.stderr }).toEqual({ code: 0, stderr: '' });
+    const backup = JSON.parse(next.stdout) as BackupJson;
+    expect(backup.incrementalFrom).toBeNull();
+    expect(backup.level).not.toBe('incremental');
+    expect(backup.reason).toMatch(new RegExp(`checkpoint ${checkpoint}.*(${why.source})`));
+    const after = await leftovers(qemu.client);
+    expect({ jobs: after.jobs, exports: after.exports, nodes: after.fleeceNodes }).toEqual({ jobs: [], exports: [], nodes: [] });
+    // The new checkpoint's bitmap and the chain's (an untrustworthy one stays, unused, until checkpoint pruning).
+    expect(after.bitmaps.vda).toEqual([...kept, backup.checkpoint].sort());
+    expect(await containers(repo())).toEqual((await listed()).map((r) => r.backupId).sort());
+    const raw = join(dir, `${backup.checkpoint}.raw`);
+    await snapshotRaw(disk(), raw);
+    const out = join(dir, `restored-${Date.now()}.raw`);
+    expect((await runCli(dir, ['restore', '--repo', repo(), '--backup', backup.disks[0]!.backupId, '--out', out])).exitCode).toBe(0);
+    expect((await readFile(out)).equals(await readFile(raw))).toBe(true);
+    return backup;
+  }
+
+  let first: BackupJson;
+  let second: BackupJson;
+
+  test('killed before QEMU ever saved the chain\'s bitmap: after a restart the checkpoint is missing, the next backup reads whole', async () => {
+    await write('write -P 0x11 0 2M');
+    first = await runCliJson<BackupJson>(dir, args());
+    expect(first.level).toBe('full');
+    await snapshotRaw(disk(), join(dir, 'first.raw'));
+    await write('write -P 0x12 4M 12M');
+    const fault = await killMidRead('QEMU killed mid-read (bitmap never saved)', first, join(dir, 'first.raw'));
+    // A persistent bitmap reaches the image only when QEMU closes it: this QEMU died with it in memory.
+    expect((await leftovers(qemu.client)).bitmaps.vda).toEqual([]);
+    second = await nextBackupReadsWhole(first.checkpoint!, /missing|does not exist/);
+    fault.held();
+  }, 300_000);
+
+  test('killed with the chain\'s bitmap saved in the image: after a restart it is inconsistent, the next backup reads whole', async () => {
+    // A clean stop saves the bitmap; the QEMU started after it marks it in use in the image until it closes it.
+    await qemu.stop();
+    qemu = await start();
+    await write('write -P 0x13 20M 8M');
+    const fault = await killMidRead('QEMU killed mid-read (bitmap in use in the image)', second, join(dir, `${second.checkpoint}.raw`));
+    const disks = await queryDisks(qemu.client);
+    expect(disks[0]!.bitmaps.map((b) => ({ name: b.name, inconsistent: b.inconsistent }))).toEqual([{ name: second.checkpoint, inconsistent: true }]);
+    const third = await nextBackupReadsWhole(second.checkpoint!, /inconsistent \(QEMU stopped without saving it, so it may have missed writes\)/);
+    // And the chain goes on from the new checkpoint.
+    await write('write -P 0x14 2M 1M');
+    const fourth = await runCliJson<BackupJson>(dir, args());
+    expect({ level: fourth.level, from: fourth.incrementalFrom }).toEqual({ level: 'incremental', from: third.checkpoint });
+    fault.held();
+  }, 300_000);
+});
