@@ -45,3 +45,15 @@ export async function pausedAt(dir: string, args: string[], phase: string): Prom
   });
   return { child, stderr: () => stderr }; // wrapped: awaiting the execa promise itself would wait for the process to end
 }
+
+/** What libvirt and its QEMU hold for a domain: libvirt's job, QEMU's NBD exports and block jobs, the checkpoints. */
+export async function libvirtLeftovers(h: { virsh(args: string[]): Promise<string> }, domain: string): Promise<{ job: string; exports: unknown[]; jobs: unknown[] }> {
+  const job = (await h.virsh(['domjobinfo', domain])).split('\n')[0]!.replace(/^Job type:\s*/, '').trim();
+  const monitor = async (command: string) => (JSON.parse(await h.virsh(['qemu-monitor-command', domain, JSON.stringify({ execute: command })])) as { return: unknown[] }).return;
+  return { job, exports: await monitor('query-block-exports'), jobs: await monitor('query-jobs') };
+}
+
+/** The domain's libvirt checkpoints, sorted. */
+export async function checkpointNames(h: { virsh(args: string[]): Promise<string> }, domain: string): Promise<string[]> {
+  return (await h.virsh(['checkpoint-list', domain, '--name'])).split('\n').map((l) => l.trim()).filter(Boolean).sort();
+}
