@@ -2,17 +2,19 @@
 // that QEMU went away (exit 1), and before it exits removes what it wrote to the repository (no gc needed), its
 // scratch files, sockets and journal. The first backup still restores byte for byte. QEMU started again on the same
 // image finds the chain's persistent bitmap in use (never saved: QEMU died): the next backup must not build an
-// incremental on it, so it takes a full and says why; that backup restores as the disk is.
+// incremental on it, so it takes a full and says why; that backup restores as the disk is. A libvirt domain destroyed
+// mid-read (virsh destroy, the shared harness libvirtd): the same, naming the domain.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createImage, defineTestDomain, libvirtAvailability, sharedLibvirt, type LibvirtHarness, type TestDomain } from '../harness/libvirt.js';
 import { createDisk, startQemuSystem, type QemuInstance } from '../harness/qemu.js';
 import { makeTempDir, removeTempDir } from '../harness/temp-dir.js';
 import { queryDisks } from '../../src/qemu/block-graph.js';
 import { leftovers, snapshotRaw } from '../integration/backup/helpers.js';
 import { runCli, runCliJson, type BackupJson } from '../e2e/helpers.js';
 import { injectFault } from './fault-count.js';
-import { containers, filesUnder, pausedAt } from './helpers.js';
+import { checkpointNames, containers, filesUnder, libvirtLeftovers, pausedAt } from './helpers.js';
 
 const MiB = 1024 * 1024;
 
@@ -116,6 +118,79 @@ describe('fault suite: QEMU killed mid-read (bare QEMU)', () => {
     await write('write -P 0x14 2M 1M');
     const fourth = await runCliJson<BackupJson>(dir, args());
     expect({ level: fourth.level, from: fourth.incrementalFrom }).toEqual({ level: 'incremental', from: third.checkpoint });
+    fault.held();
+  }, 300_000);
+});
+
+const available = libvirtAvailability();
+(available.ok ? describe : describe.skip)('fault suite: QEMU killed mid-read (libvirt domain destroyed)', () => {
+  let dir: string;
+  let h: LibvirtHarness;
+  let dom: TestDomain;
+  const image = () => join(dir, 'vda.qcow2');
+  const repo = () => join(dir, 'repo');
+  const args = () => ['backup', dom.name, '--connect', h.uri, '--repo', repo()];
+  const listed = () => runCliJson<{ backupId: string; checkpoint?: string }[]>(dir, ['list', '--repo', repo()]);
+  const write = async (offset: number, length: number, pattern: number) => {
+    await dom.write('vda', offset, length, pattern);
+    await dom.qemuIo('vda', 'flush');
+  };
+  const restoresAs = async (backupId: string, raw: string) => {
+    const out = join(dir, `restored-${Date.now()}.raw`);
+    expect((await runCli(dir, ['restore', '--repo', repo(), '--backup', backupId, '--out', out])).exitCode).toBe(0);
+    expect((await readFile(out)).equals(await readFile(raw))).toBe(true);
+  };
+  beforeAll(async () => {
+    dir = await makeTempDir('qemu-killed-libvirt');
+    h = await sharedLibvirt();
+    await createImage(image(), 'qcow2', 32 * MiB);
+    dom = await defineTestDomain(h, { name: `fleece-test-destroyed-${process.pid}`, disks: [{ target: 'vda', path: image(), format: 'qcow2' }] });
+  }, 180_000);
+  afterAll(async () => {
+    await dom?.remove();
+    if (dir) await removeTempDir(dir);
+  }, 120_000);
+
+  test('virsh destroy mid-read: the backup fails naming the domain, leaves nothing; after a start the chain goes on where its bitmap allows', async () => {
+    await write(0, 2 * MiB, 0x11);
+    const first = await runCliJson<BackupJson>(dir, args());
+    await snapshotRaw(image(), join(dir, 'first.raw'));
+    await write(4 * MiB, 12 * MiB, 0x12);
+    const paused = await pausedAt(dir, [...args(), '--bandwidth', '4M'], 'mid-read');
+    const fault = injectFault('QEMU killed mid-read (virsh destroy)');
+    await h.virsh(['destroy', dom.name]);
+    paused.child.kill('SIGUSR2');
+    const result = await paused.child;
+    // (a) exit 1 naming the domain and that it stopped.
+    expect({ code: result.exitCode, stderr: String(result.stderr) }).toEqual({
+      code: 1, stderr: expect.stringMatching(new RegExp(`fleece: the backup of VM '${dom.name}' failed: domain '${dom.name}' stopped \\(libvirt reports it shutoff\\)`)),
+    });
+    // (d) nothing of it in the repository (no gc), no scratch file or socket directory. libvirt cannot delete the
+    // new checkpoint of a shut-off domain: it stays journaled, and the next fleece deletes it and says so.
+    expect(await containers(repo())).toEqual((await listed()).map((r) => r.backupId).sort());
+    expect(await filesUnder(join(dir, 'state', 'scratch'))).toEqual([]);
+    expect(await filesUnder(join(dir, 'run'))).toEqual([]);
+    // (b) the first backup restores byte for byte.
+    await restoresAs(first.disks[0]!.backupId, join(dir, 'first.raw'));
+
+    await h.virsh(['start', dom.name]);
+    await snapshotRaw(image(), join(dir, 'now.raw'));
+    const next = await runCli(dir, [...args(), '--json']);
+    expect({ code: next.exitCode, stderr: next.exitCode === 0 ? '' : next.stderr }).toEqual({ code: 0, stderr: '' });
+    const backup = JSON.parse(next.stdout) as BackupJson;
+    // (e) virsh destroy sends SIGTERM first: a QEMU that quits on it saves its bitmaps, and the chain goes on from the
+    // first checkpoint; one SIGKILLed after libvirt's grace leaves it missing, and the backup reads whole, saying so.
+    // Never an incremental on the failed backup's checkpoint.
+    if (backup.level === 'incremental') expect(backup.incrementalFrom).toBe(first.checkpoint);
+    else expect(backup.reason).toMatch(new RegExp(`checkpoint ${first.checkpoint} is not valid \\(disk vda: bitmap \\S+ (missing|inconsistent)`));
+    // (c) libvirt holds no job, QEMU no export or block job; the checkpoints are those of the two committed backups.
+    expect(await libvirtLeftovers(h, dom.name)).toEqual({ job: 'None', exports: [], jobs: [] });
+    const all = await listed();
+    expect(all).toHaveLength(2);
+    expect(await checkpointNames(h, dom.name)).toEqual(all.map((r) => r.checkpoint!).sort());
+    expect(await filesUnder(join(dir, 'state', 'journal'))).toEqual([]);
+    expect(await containers(repo())).toEqual(all.map((r) => r.backupId).sort());
+    await restoresAs(backup.disks[0]!.backupId, join(dir, 'now.raw'));
     fault.held();
   }, 300_000);
 });
