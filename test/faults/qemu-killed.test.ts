@@ -1,9 +1,10 @@
 // Fault suite: QEMU killed (SIGKILL) while `fleece backup` reads its disk. The backup fails at once naming the VM and
 // that QEMU went away (exit 1), and before it exits removes what it wrote to the repository (no gc needed), its
-// scratch files, sockets and journal. The first backup still restores byte for byte. QEMU started again on the same
-// image finds the chain's persistent bitmap in use (never saved: QEMU died): the next backup must not build an
-// incremental on it, so it takes a full and says why; that backup restores as the disk is. A libvirt domain destroyed
-// mid-read (virsh destroy, the shared harness libvirtd): the same, naming the domain.
+// scratch files, sockets and journal. The earlier backup still restores byte for byte. QEMU started again on the same
+// image finds the chain's persistent bitmap missing (QEMU writes it into the image only when it closes it) or, when
+// an earlier QEMU had saved it, in use and so inconsistent: the next backup must not build an incremental on it, so
+// it takes a full and says why; that backup restores as the disk is. A libvirt domain destroyed mid-read (virsh
+// destroy, the shared harness libvirtd): the same, naming the domain.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -48,6 +49,8 @@ describe('fault suite: QEMU killed mid-read (bare QEMU)', () => {
    */
   async function killMidRead(name: string, earlier: BackupJson, earlierRaw: string) {
     const paused = await pausedAt(dir, [...args(), '--bandwidth', '4M'], 'mid-read');
+    const committed = (await listed()).map((r) => r.backupId).sort();
+    expect((await containers(repo())).length).toBe(committed.length + 1); // the paused backup's, with its first object
     const fault = injectFault(name);
     await qemu.kill();
     paused.child.kill('SIGUSR2');
@@ -157,6 +160,7 @@ const available = libvirtAvailability();
     await snapshotRaw(image(), join(dir, 'first.raw'));
     await write(4 * MiB, 12 * MiB, 0x12);
     const paused = await pausedAt(dir, [...args(), '--bandwidth', '4M'], 'mid-read');
+    expect((await containers(repo())).length).toBe(2); // the first backup's and the paused one's, with its first object
     const fault = injectFault('QEMU killed mid-read (virsh destroy)');
     await h.virsh(['destroy', dom.name]);
     paused.child.kill('SIGUSR2');
