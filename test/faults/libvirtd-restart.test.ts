@@ -1,8 +1,10 @@
-// Fault suite: libvirtd restarted while `fleece backup` of a libvirt domain reads its disks (a libvirtd of this file's
-// own: restarting the shared one would break other files' calls). The domain and its QEMU keep running over the
-// restart; then (a)–(e): what fleece says and exits with, the first backup still restores byte for byte, libvirt
-// holds no job and QEMU no export or block job, no checkpoint of a failed backup, nothing in the scratch, run or
-// journal directory, and the next backup is incremental.
+// Fault suite: libvirtd restarted while `fleece backup` of a libvirt domain reads its disks or commits (a libvirtd of
+// this file's own: restarting the shared one would break other files' calls). The domain, its QEMU, QEMU's NBD export
+// and (libvirt 9.0) libvirt's backup job survive the restart; only fleece's connection dies. fleece connects again
+// to the same URI, ends the job and completes, saying so; interrupted instead, it connects again to end the job and
+// remove the new checkpoint. Then (b)–(e): the earlier backups restore byte for byte, libvirt holds no job and QEMU no
+// export or block job, no checkpoint of a failed backup, nothing in the scratch, run or journal directory, and the
+// next backup is incremental.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -47,46 +49,79 @@ if (!available.ok) console.warn(`libvirtd fault cases skipped: ${available.why}`
     expect((await readFile(out)).equals(await readFile(raw))).toBe(true);
   };
 
-  test('restarted mid-read: QEMU\'s export and libvirt\'s job survive; fleece connects again, completes and ends the job', async () => {
-    await write(0, 2 * MiB, 0x11);
-    const first = await runCliJson<BackupJson>(dir, args());
-    expect(first.level).toBe('full');
-    await snapshotRaw(image(), join(dir, 'first.raw'));
-    await write(4 * MiB, 12 * MiB, 0x12);
-    await snapshotRaw(image(), join(dir, 'second.raw'));
-
-    const paused = await pausedAt(dir, [...args(), '--bandwidth', '4M'], 'mid-read');
-    const fault = injectFault('libvirtd restarted mid-read');
-    await h.restart();
-    // libvirt 9.0 picks the running backup job up again from its status XML; QEMU's NBD export never stopped.
-    expect((await libvirtLeftovers(h, dom.name)).job).toBe('Unbounded');
-    paused.child.kill('SIGUSR2');
-    const result = await paused.child;
-    const stderr = String(result.stderr);
-    // (a) the backup completes, and says that the connection died and was opened again.
-    expect({ code: result.exitCode, stderr: result.exitCode === 0 ? '' : stderr }).toEqual({ code: 0, stderr: '' });
-    expect(stderr).toMatch(new RegExp(`warning: the connection to libvirtd at \\S+ died \\(.*libvirtd restarted\\?\\); fleece connected again and went on`));
-    expect(stderr).toMatch(new RegExp(`incremental backup of VM '${dom.name}' done`));
-    // (c) libvirt holds no job, QEMU no export or block job; the checkpoints are the two backups'.
+  /** (c), (d): libvirt holds no job, QEMU no export or block job; the checkpoints are the committed backups'; no stray file. */
+  async function nothingLeft(): Promise<{ backupId: string; checkpoint?: string }[]> {
     expect(await libvirtLeftovers(h, dom.name)).toEqual({ job: 'None', exports: [], jobs: [] });
     const all = await listed();
-    expect(all).toHaveLength(2);
-    expect(await checkpointNames(h, dom.name)).toEqual(all.map((r) => r.checkpoint!).sort());
-    // (d) nothing stray: scratch, socket directory, journal; the repository holds exactly the listed backups.
+    expect(await checkpointNames(h, dom.name)).toEqual(all.map((r) => r.checkpoint!).sort().slice(-3));
     expect(await filesUnder(join(dir, 'state', 'scratch'))).toEqual([]);
     expect(await filesUnder(join(dir, 'state', 'journal'))).toEqual([]);
     expect(await filesUnder(join(dir, 'run'))).toEqual([]);
     expect(await containers(repo())).toEqual(all.map((r) => r.backupId).sort());
-    // (b) both backups restore byte for byte: the one read across the restart too.
-    await restoresAs(first.disks[0]!.backupId, join(dir, 'first.raw'));
-    await restoresAs(all[1]!.backupId, join(dir, 'second.raw'));
-    // (e) the next backup is incremental from the checkpoint made across the restart.
-    await write(20 * MiB, MiB, 0x13);
-    await snapshotRaw(image(), join(dir, 'third.raw'));
-    const third = await runCliJson<BackupJson>(dir, args());
-    expect({ level: third.level, from: third.incrementalFrom }).toEqual({ level: 'incremental', from: all[1]!.checkpoint });
-    await restoresAs(third.disks[0]!.backupId, join(dir, 'third.raw'));
-    expect(await libvirtLeftovers(h, dom.name)).toEqual({ job: 'None', exports: [], jobs: [] });
+    return all;
+  }
+
+  /** The newest committed backup and a raw copy of the disk as it backed it up. */
+  let latest: { backupId: string; checkpoint: string; raw: string };
+  let pattern = 0x20;
+
+  test('a full backup starts the chain', async () => {
+    await write(0, 2 * MiB, 0x11);
+    const first = await runCliJson<BackupJson>(dir, args());
+    expect(first.level).toBe('full');
+    latest = { backupId: first.disks[0]!.backupId, checkpoint: first.checkpoint!, raw: join(dir, 'first.raw') };
+    await snapshotRaw(image(), latest.raw);
+  }, 120_000);
+
+  for (const phase of ['mid-read', 'commit']) {
+    test(`restarted ${phase}: QEMU's export and libvirt's job survive; fleece connects again, completes and ends the job`, async () => {
+      const before = latest;
+      await write(4 * MiB, 12 * MiB, ++pattern);
+      const raw = join(dir, `${phase}.raw`);
+      await snapshotRaw(image(), raw);
+      const paused = await pausedAt(dir, [...args(), '--bandwidth', '4M'], phase);
+      const fault = injectFault(`libvirtd restarted ${phase}`);
+      await h.restart();
+      // libvirt 9.0 picks the running backup job up again from its status XML; QEMU's NBD export never stopped.
+      expect((await libvirtLeftovers(h, dom.name)).job).toBe('Unbounded');
+      paused.child.kill('SIGUSR2');
+      const result = await paused.child;
+      const stderr = String(result.stderr);
+      // (a) the backup completes, incrementally, and says that the connection died and was opened again.
+      expect({ code: result.exitCode, stderr: result.exitCode === 0 ? '' : stderr }).toEqual({ code: 0, stderr: '' });
+      expect(stderr).toMatch(/warning: the connection to libvirtd at \S+ died \(.*libvirtd restarted\?\); fleece connected again and went on/);
+      expect(stderr).toMatch(new RegExp(`incremental backup of VM '${dom.name}': incremental since checkpoint ${before.checkpoint}`));
+      const all = await nothingLeft();
+      const made = all[all.length - 1]!;
+      expect(made.backupId).not.toBe(before.backupId);
+      // (b) the earlier backup and the one read across the restart restore byte for byte.
+      await restoresAs(before.backupId, before.raw);
+      await restoresAs(made.backupId, raw);
+      latest = { backupId: made.backupId, checkpoint: made.checkpoint!, raw };
+      fault.held();
+    }, 300_000);
+  }
+
+  test('restarted mid-read, then SIGINT: exit 130; fleece connects again to end the job and remove the checkpoint', async () => {
+    await write(20 * MiB, 4 * MiB, ++pattern);
+    const committed = await listed();
+    const paused = await pausedAt(dir, [...args(), '--bandwidth', '4M'], 'mid-read');
+    const fault = injectFault('libvirtd restarted mid-read, then SIGINT');
+    await h.restart();
+    paused.child.kill('SIGINT');
+    const result = await paused.child;
+    expect({ code: result.exitCode, stderr: String(result.stderr) }).toEqual({ code: 130, stderr: expect.stringMatching(/interrupted/) });
+    // Nothing of it stays, before any other fleece runs: no job, no checkpoint, no object, no journal.
+    expect(await nothingLeft()).toEqual(committed);
+    await restoresAs(latest.backupId, latest.raw);
+    // (e) the next backup goes on incrementally from the last committed checkpoint.
+    await write(24 * MiB, MiB, ++pattern);
+    const raw = join(dir, 'next.raw');
+    await snapshotRaw(image(), raw);
+    const next = await runCliJson<BackupJson>(dir, args());
+    expect({ level: next.level, from: next.incrementalFrom }).toEqual({ level: 'incremental', from: latest.checkpoint });
+    await nothingLeft();
+    await restoresAs(next.disks[0]!.backupId, raw);
     fault.held();
   }, 300_000);
 });
