@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createImage, defineTestDomain, libvirtAvailability, sharedLibvirt, type LibvirtHarness, type TestDomain } from '../harness/libvirt.js';
-import { createDisk, startQemuSystem, type QemuInstance } from '../harness/qemu.js';
+import { createDisk, qemuImg, startQemuSystem, type QemuInstance } from '../harness/qemu.js';
 import { makeTempDir, removeTempDir } from '../harness/temp-dir.js';
 import { queryDisks } from '../../src/qemu/block-graph.js';
 import { leftovers, snapshotRaw } from '../integration/backup/helpers.js';
@@ -18,6 +18,12 @@ import { injectFault } from './fault-count.js';
 import { checkpointNames, containers, filesUnder, libvirtLeftovers, pausedAt } from './helpers.js';
 
 const MiB = 1024 * 1024;
+
+/** The persistent bitmaps in a qcow2 image's header. */
+async function imageBitmaps(path: string): Promise<string[]> {
+  const info = JSON.parse(await qemuImg(['info', '--output=json', '-U', path])) as { 'format-specific'?: { data?: { bitmaps?: { name: string }[] } } };
+  return (info['format-specific']?.data?.bitmaps ?? []).map((b) => b.name).sort();
+}
 
 describe('fault suite: QEMU killed mid-read (bare QEMU)', () => {
   let dir: string;
@@ -169,11 +175,14 @@ const available = libvirtAvailability();
     expect({ code: result.exitCode, stderr: String(result.stderr) }).toEqual({
       code: 1, stderr: expect.stringMatching(new RegExp(`fleece: the backup of VM '${dom.name}' failed: domain '${dom.name}' stopped \\(libvirt reports it shutoff\\)`)),
     });
-    // (d) nothing of it in the repository (no gc), no scratch file or socket directory. libvirt cannot delete the
-    // new checkpoint of a shut-off domain: it stays journaled, and the next fleece deletes it and says so.
+    // (d) nothing of it in the repository (no gc), no scratch file, socket directory or journal; its checkpoint is gone
+    // from libvirt and its bitmap from the image (libvirt deletes no checkpoint of a shut-off domain: fleece does).
     expect(await containers(repo())).toEqual((await listed()).map((r) => r.backupId).sort());
     expect(await filesUnder(join(dir, 'state', 'scratch'))).toEqual([]);
     expect(await filesUnder(join(dir, 'run'))).toEqual([]);
+    expect(await filesUnder(join(dir, 'state', 'journal'))).toEqual([]);
+    expect(await checkpointNames(h, dom.name)).toEqual([first.checkpoint]);
+    expect((await imageBitmaps(image())).filter((b) => b !== first.checkpoint)).toEqual([]);
     // (b) the first backup restores byte for byte.
     await restoresAs(first.disks[0]!.backupId, join(dir, 'first.raw'));
 
@@ -195,6 +204,35 @@ const available = libvirtAvailability();
     expect(await filesUnder(join(dir, 'state', 'journal'))).toEqual([]);
     expect(await containers(repo())).toEqual(all.map((r) => r.backupId).sort());
     await restoresAs(backup.disks[0]!.backupId, join(dir, 'now.raw'));
+    fault.held();
+  }, 300_000);
+
+  test('virsh destroy mid-read, then the CLI SIGKILLed: the next backup of the shut-off domain cleans up, says so, and backs it up', async () => {
+    const before = await listed();
+    await write(8 * MiB, 4 * MiB, 0x21);
+    const paused = await pausedAt(dir, [...args(), '--bandwidth', '4M'], 'mid-read');
+    const fault = injectFault('QEMU killed mid-read (virsh destroy), then the CLI SIGKILLed');
+    await h.virsh(['destroy', dom.name]);
+    paused.child.kill('SIGKILL');
+    expect((await paused.child).signal).toBe('SIGKILL');
+    const killedCheckpoint = (await checkpointNames(h, dom.name)).find((cp) => !before.some((r) => r.checkpoint === cp));
+    expect(killedCheckpoint).toBeDefined();
+    await snapshotRaw(image(), join(dir, 'off.raw'));
+    // The domain stays shut off: libvirt has no job to end and deletes no checkpoint; fleece removes its bitmaps.
+    const next = await runCli(dir, args());
+    expect({ code: next.exitCode, stderr: next.exitCode === 0 ? '' : next.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(next.stderr).toMatch(new RegExp(`cleaned up after an interrupted backup of VM '${dom.name}' \\(fleece process \\d+\\): .*checkpoint ${killedCheckpoint} \\(its backup never completed; the domain is shut off: its bitmaps removed from the images\\)`));
+    expect(await checkpointNames(h, dom.name)).toEqual(before.map((r) => r.checkpoint!).sort().slice(-3));
+    expect(await imageBitmaps(image())).not.toContain(killedCheckpoint);
+    expect(await filesUnder(join(dir, 'state', 'scratch'))).toEqual([]);
+    expect(await filesUnder(join(dir, 'state', 'journal'))).toEqual([]);
+    expect(await filesUnder(join(dir, 'run'))).toEqual([]);
+    const all = await listed();
+    expect(all).toHaveLength(before.length + 1);
+    expect(await containers(repo())).toEqual(all.map((r) => r.backupId).sort());
+    await restoresAs(all[all.length - 1]!.backupId, join(dir, 'off.raw'));
+    await h.virsh(['start', dom.name]);
+    expect(await libvirtLeftovers(h, dom.name)).toEqual({ job: 'None', exports: [], jobs: [] });
     fault.held();
   }, 300_000);
 });

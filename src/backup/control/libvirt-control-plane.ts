@@ -21,6 +21,7 @@ import { checkpointBitmaps, type Checkpoint } from '../../checkpoint/model.js';
 import { ConflictError, InvalidInputError, describeError } from '../../util/errors.js';
 import { getLogger } from '../../util/logger.js';
 import { CheckpointBitmapInvalidError, type BeginRequest, type CheckpointDeletion, type ControlPlane, type DiskExport, type Inspection, type PointInTime, type SourceDisk } from './control-plane.js';
+import { deleteLibvirtCheckpoint } from './libvirt-checkpoint-delete.js';
 import { domainDisks } from './libvirt-domain-disks.js';
 
 const log = getLogger('backup.libvirt');
@@ -341,13 +342,9 @@ export class LibvirtControlPlane implements ControlPlane {
       })();
       return ended;
     };
+    // On a domain destroyed mid-read too (libvirt deletes no checkpoint of a shut-off domain: fleece does).
     const removeCheckpoint = async () => {
-      if (!checkpoint) return;
-      try {
-        await this.#withLibvirt((c) => c.checkpointDelete(vm, checkpoint.name));
-      } catch (error) {
-        if (!(error instanceof LibvirtError && error.libvirtCode === VIR_ERR_NO_DOMAIN_CHECKPOINT)) throw error;
-      }
+      if (checkpoint) await this.#withLibvirt((c) => deleteLibvirtCheckpoint(c, vm, checkpoint.name));
     };
     return {
       checkpoint: checkpoint?.name ?? null,
