@@ -14,14 +14,11 @@ export class BackupJobError extends FleeceError {
 }
 
 /**
- * The VM's QEMU (or its libvirt domain) went away while its disks were read: the backup cannot go on. Nothing of it
- * was kept; the earlier backups and checkpoints are unchanged.
+ * The VM's QEMU (or its libvirt domain, or libvirtd) went away during the backup: it cannot go on. Nothing of it was
+ * kept (what could not be undone yet stays journaled); the earlier backups and checkpoints are unchanged.
  */
 export class SourceLostError extends FleeceError {
-  constructor(readonly vm: string, readonly why: string, options: FleeceErrorOptions = {}) {
-    super('QEMU_JOB', `the backup of VM '${vm}' failed: ${why} while fleece read its disks; nothing of this backup was kept`, {
-      hint: 'start the VM again and take the backup again (the earlier backups are unchanged)',
-      ...options,
-    });
+  constructor(readonly vm: string, readonly why: string, hint: string, options: Omit<FleeceErrorOptions, 'hint'> = {}) {
+    super('QEMU_JOB', `the backup of VM '${vm}' failed: ${why} during the backup; nothing of it was kept`, { hint, ...options });
   }
 }

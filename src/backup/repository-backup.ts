@@ -512,7 +512,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     if (signal?.aborted) {
       throw new AbortedError(`the backup of VM '${vm}' was interrupted; nothing of it was kept and the previous backups and checkpoints are unchanged`, { cause: error });
     }
-    if (lost) throw new SourceLostError(vm, lost, { cause: error });
+    if (lost) throw new SourceLostError(vm, lost.why, lost.hint, { cause: error });
     throw error;
   } finally {
     signal?.removeEventListener('abort', onOuterAbort);

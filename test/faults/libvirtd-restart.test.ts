@@ -124,4 +124,32 @@ if (!available.ok) console.warn(`libvirtd fault cases skipped: ${available.why}`
     await restoresAs(next.disks[0]!.backupId, raw);
     fault.held();
   }, 300_000);
+
+  test('down for longer than fleece waits for it: the backup fails naming libvirtd; the next fleece ends the job and removes the checkpoint, saying so', async () => {
+    await write(26 * MiB, 2 * MiB, ++pattern);
+    const committed = await listed();
+    const paused = await pausedAt(dir, [...args(), '--bandwidth', '4M'], 'mid-read');
+    const fault = injectFault('libvirtd stopped mid-read (started again after fleece gave up)');
+    let result: Awaited<typeof paused.child> | undefined;
+    await h.restart({
+      whileDown: async () => {
+        paused.child.kill('SIGUSR2');
+        result = await paused.child; // fleece tries to connect again for a minute, then gives up
+      },
+    });
+    // (a) exit 1, naming libvirtd and what to do; what it wrote to the repository is gone before it exited.
+    expect({ code: result!.exitCode, stderr: String(result!.stderr) }).toEqual({
+      code: 1,
+      stderr: expect.stringMatching(new RegExp(`fleece: the backup of VM '${dom.name}' failed: libvirtd at \\S+ cannot be reached .*; start libvirtd again: the next fleece command for VM '${dom.name}' \\(or \`fleece recover ${dom.name}\`\\) then ends libvirt's backup job and removes the new checkpoint`)),
+    });
+    expect(await containers(repo())).toEqual(committed.map((r) => r.backupId).sort());
+    // libvirt picked its job up again; the journal lists the job and the checkpoint, for the next fleece.
+    expect((await libvirtLeftovers(h, dom.name)).job).toBe('Unbounded');
+    const recovered = await runCli(dir, ['recover', dom.name]);
+    expect(recovered.exitCode).toBe(0);
+    expect(recovered.stderr + recovered.stdout).toMatch(new RegExp(`libvirt backup job of domain ${dom.name}; checkpoint fleece-\\S+ \\(its backup never completed\\)`));
+    expect(await nothingLeft()).toEqual(committed);
+    await restoresAs(latest.backupId, latest.raw);
+    fault.held();
+  }, 300_000);
 });

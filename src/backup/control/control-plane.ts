@@ -89,10 +89,11 @@ export interface PointInTime {
   /** Ends everything and removes the new checkpoint. Never throws. */
   abort(reason?: unknown): Promise<void>;
   /**
-   * After a read failed: why the hypervisor side is gone (QEMU exited or was killed, the domain was destroyed), in
-   * words for the user, or undefined when it is still there (the failure was elsewhere). Never throws.
+   * After the backup failed: why the hypervisor side is gone (QEMU exited or was killed, the domain was destroyed,
+   * libvirtd cannot be reached) and what the user can do, or undefined when it is still there (the failure was
+   * elsewhere). Never throws.
    */
-  lost?(): Promise<string | undefined>;
+  lost?(): Promise<{ why: string; hint: string } | undefined>;
 }
 
 /** One VM under one control plane. */

@@ -167,6 +167,8 @@ export class LibvirtControlPlane implements ControlPlane {
   /** The connection now: the one given, or the one this plane opened after the given one died. */
   #conn: LibvirtConnection;
   #reopening: Promise<LibvirtConnection> | undefined;
+  /** Why connecting again failed, once it did: later calls fail with it at once (the journal keeps what is owed). */
+  #unreachable: unknown;
   /** What the user should hear about the connection (it died and was opened again), told by the next finish(). */
   #connectionNotes: string[] = [];
 
@@ -186,8 +188,12 @@ export class LibvirtControlPlane implements ControlPlane {
       return await call(conn);
     } catch (error) {
       if (await conn.alive().catch(() => false)) throw error;
+      if (this.#unreachable !== undefined) throw this.#unreachable; // tried for RECONNECT_MS already: fail at once
       if (this.#conn === conn) {
-        this.#reopening ??= reconnect(conn.uri, this.vm, error).finally(() => {
+        this.#reopening ??= reconnect(conn.uri, this.vm, error).catch((failure: unknown) => {
+          this.#unreachable = failure;
+          throw failure;
+        }).finally(() => {
           this.#reopening = undefined;
         });
         const fresh = await this.#reopening;
@@ -377,13 +383,18 @@ export class LibvirtControlPlane implements ControlPlane {
         if (removed) await forget();
       },
       lost: async () => {
+        const again = 'start the VM again and take the backup again (the earlier backups are unchanged)';
         try {
           const { state } = await this.#withLibvirt((c) => c.domainState(vm));
-          if (state !== 'running' && state !== 'paused' && state !== 'blocked') return `domain '${vm}' stopped (libvirt reports it ${state})`;
+          if (state !== 'running' && state !== 'paused' && state !== 'blocked') return { why: `domain '${vm}' stopped (libvirt reports it ${state})`, hint: again };
           const stats = await this.#withLibvirt((c) => c.jobStats(vm));
-          return stats.type === 'unbounded' ? undefined : `libvirt's backup job of domain '${vm}' ended (job state: ${stats.type})`;
+          if (stats.type === 'unbounded') return undefined;
+          return { why: `libvirt's backup job of domain '${vm}' ended (job state: ${stats.type})`, hint: 'see libvirtd\'s log for why, then take the backup again' };
         } catch (error) {
-          return `libvirtd at ${this.#conn.uri} cannot be reached (${describeError(error)})`;
+          return {
+            why: `libvirtd at ${this.#conn.uri} cannot be reached (${describeError(error)})`,
+            hint: `start libvirtd again: the next fleece command for VM '${vm}' (or \`fleece recover ${vm}\`) then ends libvirt's backup job and removes the new checkpoint`,
+          };
         }
       },
     };

@@ -68,12 +68,16 @@ async function thawAgain(socket: string): Promise<void> {
 }
 
 /** Why QEMU can no longer serve the backup (its QMP connection closed: it exited or was killed), or undefined. */
-async function qemuGone(qmp: QmpExecutor): Promise<string | undefined> {
+async function qemuGone(qmp: QmpExecutor): Promise<{ why: string; hint: string } | undefined> {
   try {
     await qmp.execute('query-status', undefined, { timeoutMs: 30_000 });
     return undefined;
   } catch (error) {
-    return error instanceof QmpClosedError ? `QEMU went away (its QMP connection ${error.socket} closed: QEMU exited or was killed)` : undefined;
+    if (!(error instanceof QmpClosedError)) return undefined;
+    return {
+      why: `QEMU went away (its QMP connection ${error.socket} closed: QEMU exited or was killed)`,
+      hint: 'start the VM again and take the backup again (the earlier backups are unchanged)',
+    };
   }
 }
 
