@@ -7,6 +7,7 @@ import { rm } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { LibvirtConnection } from '../../native/libvirt/index.js';
 import type { ProviderEndpoint } from '../backup/consume/provider-client.js';
+import { deleteLibvirtCheckpoint } from '../backup/control/libvirt-checkpoint-delete.js';
 import {
   ownerAlive,
   processStartTime,
@@ -189,7 +190,9 @@ async function undo(vm: string, effect: JournalEffect, owner: JournalOwner, opti
     case 'libvirt-pull': {
       const conn = await LibvirtConnection.open(effect.connect);
       try {
-        const stats = await conn.jobStats(effect.domain);
+        // A job ends with its QEMU: a shut-off domain has none (and libvirt refuses to be asked).
+        const { state } = await conn.domainState(effect.domain);
+        const stats = state === 'shutoff' || state === 'crashed' ? { type: 'none' } : await conn.jobStats(effect.domain);
         if (stats.type !== 'none') {
           // Only the job serving on this backup's own socket (or, over TCP+TLS, writing its own scratch files) is
           // ended: never another owner's.
@@ -200,8 +203,10 @@ async function undo(vm: string, effect: JournalEffect, owner: JournalOwner, opti
           }
         }
         if (effect.newCheckpoint && (await conn.listCheckpoints(effect.domain)).includes(effect.newCheckpoint)) {
-          await conn.checkpointDelete(effect.domain, effect.newCheckpoint);
-          report.cleaned.push(`checkpoint ${effect.newCheckpoint} (its backup never completed)`);
+          const how = await deleteLibvirtCheckpoint(conn, effect.domain, effect.newCheckpoint);
+          if (how !== 'absent') {
+            report.cleaned.push(`checkpoint ${effect.newCheckpoint} (its backup never completed${how === 'images' ? '; the domain is shut off: its bitmaps removed from the images' : ''})`);
+          }
         }
       } finally {
         await conn.close();

@@ -12,3 +12,13 @@ export class BackupJobError extends FleeceError {
     this.jobId = jobId;
   }
 }
+
+/**
+ * The VM's QEMU (or its libvirt domain, or libvirtd) went away during the backup: it cannot go on. Nothing of it was
+ * kept (what could not be undone yet stays journaled); the earlier backups and checkpoints are unchanged.
+ */
+export class SourceLostError extends FleeceError {
+  constructor(readonly vm: string, readonly why: string, hint: string, options: Omit<FleeceErrorOptions, 'hint'> = {}) {
+    super('QEMU_JOB', `the backup of VM '${vm}' failed: ${why} during the backup; nothing of it was kept`, { hint, ...options });
+  }
+}

@@ -138,7 +138,8 @@ function decideDisk({ vm, requested, checkpoints, checks, records }: LevelInput,
     }
     const check = checks.find((c) => c.name === cp.name)?.disks.find((c) => c.disk === disk.target);
     if (!check || check.state !== 'ok') {
-      const why = check ? `disk ${disk.target}: bitmap ${check.bitmap} ${check.state}${check.detail ? ` (${check.detail})` : ''}` : 'it was not validated';
+      const detail = check?.detail ?? (check?.state === 'inconsistent' ? 'QEMU stopped without saving it, so it may have missed writes' : undefined);
+      const why = check ? `disk ${disk.target}: bitmap ${check.bitmap} ${check.state}${detail ? ` (${detail})` : ''}` : 'it was not validated';
       notes.push(`checkpoint ${cp.name} is not valid (${why})`);
       continue;
     }

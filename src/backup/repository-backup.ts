@@ -32,6 +32,7 @@ import {
   DEFAULT_VERIFY_BITMAP_PERCENT, checkVerifyPercent, cleanBlockRuns, compareHashed, hashSample, runsToRanges, sampleBlocks, systemRandom,
   type HashedSample, type Random,
 } from './bitmap-sample.js';
+import { SourceLostError } from './errors.js';
 import type { BackupJournal, JournalEffect } from './journal.js';
 import { volumeIdFor } from './volume-id.js';
 
@@ -542,6 +543,8 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     await forgetRepositoryBackups();
     for (const warning of result.warnings) emit({ type: 'warning', message: warning });
   } catch (error) {
+    // A read that failed because QEMU (or the domain) went away says so, not only what the NBD connection saw.
+    const lost = point && !signal?.aborted ? await point.lost?.() : undefined;
     inner.abort(error);
     for (const writer of writers) await abortWriter(writer, error);
     for (const plan of plans) await plan.source?.close().catch(() => undefined);
@@ -565,6 +568,7 @@ export async function backupVmToRepository(options: RepositoryBackupOptions, hoo
     if (signal?.aborted) {
       throw new AbortedError(`the backup of VM '${vm}' was interrupted; nothing of it was kept and the previous backups and checkpoints are unchanged`, { cause: error });
     }
+    if (lost) throw new SourceLostError(vm, lost.why, lost.hint, { cause: error });
     throw error;
   } finally {
     signal?.removeEventListener('abort', onOuterAbort);

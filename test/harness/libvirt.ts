@@ -41,10 +41,11 @@ export interface LibvirtHarness {
   virsh(args: string[], options?: { timeoutMs?: number }): Promise<string>;
   /**
    * Restarts the daemon: SIGTERM by its pid file (SIGKILL after 15 s), start again, wait until virsh answers.
-   * Running domains keep running (libvirtd reconnects to their monitors).
+   * Running domains keep running (libvirtd reconnects to their monitors). `whileDown` runs (awaited) between the
+   * stop and the start: a test of a libvirtd that stays away for a while (the daemon starts again even if it throws).
    * @throws Error with the tail of libvirtd's log when it does not answer again within 60 s.
    */
-  restart(): Promise<void>;
+  restart(options?: { whileDown?: () => Promise<void> }): Promise<void>;
 }
 
 export interface TestDiskSpec {
@@ -788,12 +789,16 @@ function harnessFor(dir: string, uri: string): LibvirtHarness {
       await waitForUnlocked(dir, LOCK_WAIT_MS);
       return runVirsh(uri, args, options?.timeoutMs);
     },
-    restart: () =>
+    restart: (options) =>
       withLock(dir, LOCK_WAIT_MS, async () => {
         const pid = readPidFile(dir) ?? (await readState(dir))?.pid;
         if (pid !== undefined) await killDaemon(pid);
         await rm(paths(dir).state, { force: true });
-        await writeAtomic(paths(dir).state, JSON.stringify(await startDaemon(dir)));
+        try {
+          await options?.whileDown?.();
+        } finally {
+          await writeAtomic(paths(dir).state, JSON.stringify(await startDaemon(dir)));
+        }
       }),
   };
 }

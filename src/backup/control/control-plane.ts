@@ -88,6 +88,12 @@ export interface PointInTime {
   finish(): Promise<{ warnings: string[] }>;
   /** Ends everything and removes the new checkpoint. Never throws. */
   abort(reason?: unknown): Promise<void>;
+  /**
+   * After the backup failed: why the hypervisor side is gone (QEMU exited or was killed, the domain was destroyed,
+   * libvirtd cannot be reached) and what the user can do, or undefined when it is still there (the failure was
+   * elsewhere). Never throws.
+   */
+  lost?(): Promise<{ why: string; hint: string } | undefined>;
 }
 
 /** One VM under one control plane. */

@@ -8,11 +8,11 @@ import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import {
+  LibvirtConnection,
   LibvirtError,
   VIR_ERR_CHECKPOINT_INCONSISTENT,
   VIR_ERR_NO_DOMAIN_CHECKPOINT,
   VIR_ERR_OPERATION_INVALID,
-  type LibvirtConnection,
 } from '../../../native/libvirt/index.js';
 import type { NbdTls } from '../../nbd/nbd-tls.js';
 import type { CheckpointCheck, CheckpointDiskCheck } from '../../checkpoint/manager.js';
@@ -21,6 +21,7 @@ import { checkpointBitmaps, type Checkpoint } from '../../checkpoint/model.js';
 import { ConflictError, InvalidInputError, describeError } from '../../util/errors.js';
 import { getLogger } from '../../util/logger.js';
 import { CheckpointBitmapInvalidError, type BeginRequest, type CheckpointDeletion, type ControlPlane, type DiskExport, type Inspection, type PointInTime, type SourceDisk } from './control-plane.js';
+import { deleteLibvirtCheckpoint } from './libvirt-checkpoint-delete.js';
 import { domainDisks } from './libvirt-domain-disks.js';
 
 const log = getLogger('backup.libvirt');
@@ -136,6 +137,25 @@ function checkpointXml(name: string, bitmapDisks: string[], all: string[]): stri
   return `<domaincheckpoint>\n  <name>${escapeXml(name)}</name>\n  <disks>\n${disks.join('\n')}\n  </disks>\n</domaincheckpoint>\n`;
 }
 
+/** How long fleece tries to reach libvirtd again after its connection died (a restart takes a few seconds). */
+const RECONNECT_MS = 60_000;
+
+/** A new connection to `uri` once libvirtd answers again; the last open error after RECONNECT_MS. */
+async function reconnect(uri: string, vm: string, lost: unknown): Promise<LibvirtConnection> {
+  log.warn({ vm, uri, err: lost }, 'the connection to libvirtd died (libvirtd restarted?); connecting again');
+  const deadline = Date.now() + RECONNECT_MS;
+  for (;;) {
+    try {
+      const conn = await LibvirtConnection.open(uri, { openTimeoutMs: 10_000 });
+      log.info({ vm, uri }, 'connected to libvirtd again');
+      return conn;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await delay(500);
+    }
+  }
+}
+
 export class LibvirtControlPlane implements ControlPlane {
   readonly kind = 'libvirt' as const;
   readonly vm: string;
@@ -144,13 +164,51 @@ export class LibvirtControlPlane implements ControlPlane {
    * back to back): each is a libvirt round trip per disk that begin() would otherwise repeat (issue 11: fixed cost).
    */
   #inspected: { xml: string; sizes: Map<string, number> } | undefined;
+  /** The connection now: the one given, or the one this plane opened after the given one died. */
+  #conn: LibvirtConnection;
+  #reopening: Promise<LibvirtConnection> | undefined;
+  /** Why connecting again failed, once it did: later calls fail with it at once (the journal keeps what is owed). */
+  #unreachable: unknown;
+  /** What the user should hear about the connection (it died and was opened again), told by the next finish(). */
+  #connectionNotes: string[] = [];
 
   constructor(private readonly options: LibvirtControlPlaneOptions) {
     this.vm = options.vm;
+    this.#conn = options.conn;
+  }
+
+  /**
+   * Runs `call` on the connection; when it fails because the connection is dead (libvirtd restarted: the domain, its
+   * QEMU, its NBD export and libvirt's backup job live on, libvirt 9.0 picks the job up again), connects again to the
+   * same URI and runs it once more there. Throws the call's error when the connection is alive, else the new one's.
+   */
+  async #withLibvirt<T>(call: (conn: LibvirtConnection) => Promise<T>): Promise<T> {
+    const conn = this.#conn;
+    try {
+      return await call(conn);
+    } catch (error) {
+      if (await conn.alive().catch(() => false)) throw error;
+      if (this.#unreachable !== undefined) throw this.#unreachable; // tried for RECONNECT_MS already: fail at once
+      if (this.#conn === conn) {
+        this.#reopening ??= reconnect(conn.uri, this.vm, error).catch((failure: unknown) => {
+          this.#unreachable = failure;
+          throw failure;
+        }).finally(() => {
+          this.#reopening = undefined;
+        });
+        const fresh = await this.#reopening;
+        if (this.#conn === conn) {
+          if (conn !== this.options.conn || this.options.ownsConnection) await conn.close({ timeoutMs: 1000 });
+          this.#conn = fresh;
+          this.#connectionNotes.push(`the connection to libvirtd at ${conn.uri} died (${describeError(error)}: libvirtd restarted?); fleece connected again and went on`);
+        }
+      }
+      return call(this.#conn);
+    }
   }
 
   async inspect(): Promise<Inspection> {
-    const { conn } = this.options;
+    const conn = this.#conn;
     const xml = await conn.domainXml(this.vm);
     const { disks, skipped } = domainDisks(xml);
     const sizes = await diskSizes(conn, this.vm, disks.map((d) => d.target));
@@ -164,7 +222,7 @@ export class LibvirtControlPlane implements ControlPlane {
 
   /** Refuses at once when the domain runs a job (a second BackupBegin would block 30 s on libvirt's job lock). */
   async #refuseBusy(): Promise<void> {
-    const stats = await this.options.conn.jobStats(this.vm);
+    const stats = await this.#conn.jobStats(this.vm);
     if (stats.type !== 'none') {
       const op = stats.operation !== undefined ? ` (operation ${stats.operation})` : '';
       throw new ConflictError(`another backup job is already running for VM '${this.vm}': libvirt reports an active ${stats.type} job${op}`, {
@@ -174,7 +232,7 @@ export class LibvirtControlPlane implements ControlPlane {
   }
 
   async begin(request: BeginRequest): Promise<PointInTime> {
-    const { conn, vm } = { conn: this.options.conn, vm: this.vm };
+    const { conn, vm } = { conn: this.#conn, vm: this.vm };
     const inspected = this.#inspected;
     this.#inspected = undefined;
     await this.#refuseBusy();
@@ -276,10 +334,10 @@ export class LibvirtControlPlane implements ControlPlane {
       ended ??= (async () => {
         if (!begun) return;
         try {
-          await conn.abortJob(vm);
+          await this.#withLibvirt((c) => c.abortJob(vm));
           // libvirt ends a pull job when QEMU's job events arrive, after virDomainAbortJob returns: wait for it, so
           // that nothing of the backup runs once fleece says it is done.
-          for (let i = 0; i < 600 && (await conn.jobStats(vm)).type !== 'none'; i++) await delay(50);
+          for (let i = 0; i < 600 && (await this.#withLibvirt((c) => c.jobStats(vm))).type !== 'none'; i++) await delay(50);
         } catch (error) {
           // The job is already gone (it failed on its own, or someone aborted it): nothing to end.
           if (!(error instanceof LibvirtError && error.libvirtCode === VIR_ERR_OPERATION_INVALID)) throw error;
@@ -290,13 +348,9 @@ export class LibvirtControlPlane implements ControlPlane {
       })();
       return ended;
     };
+    // On a domain destroyed mid-read too (libvirt deletes no checkpoint of a shut-off domain: fleece does).
     const removeCheckpoint = async () => {
-      if (!checkpoint) return;
-      try {
-        await conn.checkpointDelete(vm, checkpoint.name);
-      } catch (error) {
-        if (!(error instanceof LibvirtError && error.libvirtCode === VIR_ERR_NO_DOMAIN_CHECKPOINT)) throw error;
-      }
+      if (checkpoint) await this.#withLibvirt((c) => deleteLibvirtCheckpoint(c, vm, checkpoint.name));
     };
     return {
       checkpoint: checkpoint?.name ?? null,
@@ -304,7 +358,7 @@ export class LibvirtControlPlane implements ControlPlane {
       warnings,
       finish: async () => {
         // The job must still be there: a pull job that ended on its own failed (scratch full, QEMU gone).
-        const stats = await conn.jobStats(vm);
+        const stats = await this.#withLibvirt((c) => c.jobStats(vm));
         if (stats.type !== 'unbounded') {
           await endJob().catch(() => undefined);
           await removeCheckpoint().catch(() => undefined);
@@ -317,7 +371,7 @@ export class LibvirtControlPlane implements ControlPlane {
         if (journalId !== undefined) await journal?.update(journalId, journalEffect(false));
         await endJob();
         await forget();
-        return { warnings: [] };
+        return { warnings: this.#connectionNotes.splice(0) };
       },
       abort: async (reason?: unknown) => {
         log.info({ vm, reason: reason === undefined ? undefined : describeError(reason) }, 'aborting the libvirt pull backup');
@@ -328,6 +382,21 @@ export class LibvirtControlPlane implements ControlPlane {
         });
         if (removed) await forget();
       },
+      lost: async () => {
+        const again = 'start the VM again and take the backup again (the earlier backups are unchanged)';
+        try {
+          const { state } = await this.#withLibvirt((c) => c.domainState(vm));
+          if (state !== 'running' && state !== 'paused' && state !== 'blocked') return { why: `domain '${vm}' stopped (libvirt reports it ${state})`, hint: again };
+          const stats = await this.#withLibvirt((c) => c.jobStats(vm));
+          if (stats.type === 'unbounded') return undefined;
+          return { why: `libvirt's backup job of domain '${vm}' ended (job state: ${stats.type})`, hint: 'see libvirtd\'s log for why, then take the backup again' };
+        } catch (error) {
+          return {
+            why: `libvirtd at ${this.#conn.uri} cannot be reached (${describeError(error)})`,
+            hint: `start libvirtd again: the next fleece command for VM '${vm}' (or \`fleece recover ${vm}\`) then ends libvirt's backup job and removes the new checkpoint`,
+          };
+        }
+      },
     };
   }
 
@@ -336,7 +405,7 @@ export class LibvirtControlPlane implements ControlPlane {
     const result: CheckpointDeletion = { deleted: [], skipped: [] };
     for (const name of names) {
       try {
-        await this.options.conn.checkpointDelete(this.vm, name);
+        await this.#withLibvirt((c) => c.checkpointDelete(this.vm, name));
         result.deleted.push(name);
       } catch (error) {
         result.skipped.push({ name, reason: error instanceof LibvirtError ? error.libvirtMessage : describeError(error) });
@@ -346,6 +415,7 @@ export class LibvirtControlPlane implements ControlPlane {
   }
 
   async close(): Promise<void> {
+    if (this.#conn !== this.options.conn) await this.#conn.close();
     if (this.options.ownsConnection) await this.options.conn.close();
   }
 }

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { CheckpointManager, PreparedCheckpoint } from '../../checkpoint/manager.js';
 import { queryDisks } from '../../qemu/block-graph.js';
 import { GuestAgentClient } from '../../qemu/guest-agent.js';
-import type { QmpExecutor } from '../../qmp/index.js';
+import { QmpClosedError, type QmpExecutor } from '../../qmp/index.js';
 import { InvalidInputError, describeError } from '../../util/errors.js';
 import type { BackupRegistry } from '../backup-registry.js';
 import { newJobTag } from '../begin-backup.js';
@@ -64,6 +64,20 @@ async function thawAgain(socket: string): Promise<void> {
     } catch {
       await new Promise((resolve) => setTimeout(resolve, 500));
     }
+  }
+}
+
+/** Why QEMU can no longer serve the backup (its QMP connection closed: it exited or was killed), or undefined. */
+async function qemuGone(qmp: QmpExecutor): Promise<{ why: string; hint: string } | undefined> {
+  try {
+    await qmp.execute('query-status', undefined, { timeoutMs: 30_000 });
+    return undefined;
+  } catch (error) {
+    if (!(error instanceof QmpClosedError)) return undefined;
+    return {
+      why: `QEMU went away (its QMP connection ${error.socket} closed: QEMU exited or was killed)`,
+      hint: 'start the VM again and take the backup again (the earlier backups are unchanged)',
+    };
   }
 }
 
@@ -229,6 +243,7 @@ export class QmpControlPlane implements ControlPlane {
         await pull.abort(reason);
         if (journalId !== undefined) await journal?.clear(journalId).catch(() => undefined);
       },
+      lost: () => qemuGone(qmp),
     };
   }
 
