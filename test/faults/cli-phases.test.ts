@@ -4,15 +4,15 @@
 // next fleece says what it cleaned, (b) the first backup still restores byte for byte, (c) QEMU holds no job, export,
 // node or temporary bitmap, (d) no scratch file, journal or uncommitted object, (e) the next backup is incremental.
 import { describe, expect, test } from '@jest/globals';
-import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { useQemuSystem } from '../harness/jest-qemu.js';
 import { createDisk } from '../harness/qemu.js';
 import { leftovers, snapshotRaw } from '../integration/backup/helpers.js';
-import { CLI, cliEnv, runCli, runCliJson, type BackupJson } from '../e2e/helpers.js';
+import { runCli, runCliJson, type BackupJson } from '../e2e/helpers.js';
 import { injectFault } from './fault-count.js';
+import { startPausedAt } from './helpers.js';
 
 const MiB = 1024 * 1024;
 
@@ -41,20 +41,7 @@ describe('fault suite: the CLI killed at each phase of a backup', () => {
   let first: BackupJson;
 
   /** Starts the backup paused at `phase`; resolves once it says so. */
-  async function pausedAt(phase: string) {
-    const child = execa(process.execPath, [CLI, ...args(), '--bandwidth', '4M'], {
-      env: { ...cliEnv(fixture.dir), FLEECE_TEST_PAUSE_AT: phase }, reject: false, timeout: 120_000,
-    });
-    let stderr = '';
-    await new Promise<void>((resolve, reject) => {
-      child.stderr!.on('data', (chunk: Buffer) => {
-        stderr += chunk.toString();
-        if (stderr.includes(`test pause at ${phase}`)) resolve();
-      });
-      child.then((r) => reject(new Error(`fleece ended (${r.exitCode}) before pausing at ${phase}: ${stderr}`)), reject);
-    });
-    return { child }; // wrapped: awaiting the execa promise itself would wait for the process to end
-  }
+  const pausedAt = (phase: string) => startPausedAt(fixture.dir, [...args(), '--bandwidth', '4M'], phase);
 
   /** (b)–(e) after a fault: the next backup cleans and goes on incrementally; nothing stray; the first restores. */
   async function holds(expectCleanup: boolean): Promise<void> {

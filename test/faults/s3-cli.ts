@@ -1,7 +1,6 @@
 // The fault suite's S3 cases share this: the CLI pointed at a Swift endpoint through an AWS profile, a backup paused
 // at a phase (FLEECE_TEST_PAUSE_AT), the bucket's keys, and the checks (b)–(e) after a fault of a bare QEMU's backup.
 import { expect } from '@jest/globals';
-import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -9,7 +8,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type { QemuFixture } from '../harness/jest-qemu.js';
 import type { SwiftHarness } from '../harness/swift.js';
 import { leftovers } from '../integration/backup/helpers.js';
-import { CLI, cliEnv, runCli, runCliJson, type BackupJson, type CliResult } from '../e2e/helpers.js';
+import { runCli, runCliJson, type BackupJson, type CliResult } from '../e2e/helpers.js';
 import { S3ObjectStore } from '../../src/repository/store/s3-store.js';
 import { belongsToBackup, leaseBackupId } from '../../src/repository/format/naming.js';
 
@@ -37,21 +36,7 @@ export async function useS3Profile(dir: string, h: SwiftHarness, endpoint: strin
   };
 }
 
-/** Starts `fleece …args` paused at `phase`; resolves once it says so (wrapped: awaiting execa's promise waits for the end). */
-export async function pausedAt(dir: string, args: string[], phase: string) {
-  const child = execa(process.execPath, [CLI, ...args], {
-    env: { ...cliEnv(dir), FLEECE_TEST_PAUSE_AT: phase }, reject: false, timeout: 180_000,
-  });
-  let stderr = '';
-  await new Promise<void>((resolve, reject) => {
-    child.stderr!.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
-      if (stderr.includes(`test pause at ${phase}`)) resolve();
-    });
-    child.then((r) => reject(new Error(`fleece ended (${r.exitCode}) before pausing at ${phase}: ${stderr}`)), reject);
-  });
-  return { child };
-}
+export { pausedAt } from './helpers.js';
 
 /** Every key of the bucket (`<container>/<name>`; root objects such as the marker aside), read through `endpoint`. */
 export async function bucketKeys(h: SwiftHarness, bucket: string): Promise<string[]> {
